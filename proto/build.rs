@@ -1,0 +1,19 @@
+//! Compiles `cd/v1/*.proto` with protox (pure Rust), so `cargo build` needs no system protoc.
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["cd/v1/types.proto", "cd/v1/control.proto", "cd/v1/agent.proto"];
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let mut compiler = protox::Compiler::new(["."])?;
+    compiler.include_imports(true);
+    compiler.open_files(files)?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("cd_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
+    tonic_prost_build::configure().compile_fds(compiler.file_descriptor_set())?;
+    Ok(())
+}
