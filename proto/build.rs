@@ -2,7 +2,11 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["cd/v1/types.proto", "cd/v1/control.proto", "cd/v1/agent.proto"];
+    let files = [
+        "cd/v1/types.proto",
+        "cd/v1/control.proto",
+        "cd/v1/agent.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -1,0 +1,107 @@
+//! The validated pipeline spec: what `parse` returns and what the coordinator stores.
+//!
+//! These types are already checked (names, needs, durations, gates); code that holds one may
+//! rely on every invariant `validate` enforces. They serialise with serde for state snapshots.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A whole pipeline file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineSpec {
+    pub name: String,
+    /// Where the agent gets the files a stage runs on; `None` runs in an empty workspace.
+    pub source: Option<SourceSpec>,
+    /// Environment variables for every stage (a stage's own `env` wins).
+    pub env: BTreeMap<String, String>,
+    /// In file order; `needs` are guaranteed to name earlier-or-later stages of this list and
+    /// to form no cycle.
+    pub stages: Vec<StageSpec>,
+}
+
+/// Files copied into each attempt's workspace before the stage runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceSpec {
+    /// A directory on the agent's machine. Relative paths are resolved against the directory
+    /// of the pipeline file when it is applied (`resolve_source`).
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageSpec {
+    pub name: String,
+    /// Shell script, run with `sh -c`.
+    pub run: String,
+    pub needs: Vec<String>,
+    /// An agent must carry every one of these labels to take the stage.
+    pub labels: Vec<String>,
+    /// Container image (Docker executor, later issue); `None` runs as a host process.
+    pub image: Option<String>,
+    pub env: BTreeMap<String, String>,
+    /// Milliseconds; `None` means no timeout.
+    pub timeout_ms: Option<u64>,
+    /// Extra attempts after a failed one (0 = run once).
+    pub retries: u32,
+    /// Deploying stage: its success records a deployment to this environment.
+    pub environment: Option<String>,
+    pub reports: ReportsSpec,
+    pub gate: Option<GateSpec>,
+    /// Command that undoes this stage's deployment (run by `cdctl rollback`).
+    pub rollback: Option<String>,
+    pub on_failure: OnFailure,
+    /// Paths the stage produces (recorded; artifact transfer is a later issue).
+    pub artifacts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReportsSpec {
+    /// JUnit XML path relative to the workspace.
+    pub junit: Option<String>,
+    /// JSON object of name -> number, relative to the workspace.
+    pub metrics: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// The run fails (the default).
+    #[default]
+    Fail,
+    /// Roll the environment deployed upstream back to its previous good deployment.
+    Rollback,
+}
+
+/// Conditions a stage must pass before it may run (DESIGN.md, Pipelines).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GateSpec {
+    pub tests: Option<TestsGate>,
+    pub metrics: Vec<MetricGate>,
+    /// Operator approvals required before the stage runs.
+    pub approvals: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestsGate {
+    /// Stages (upstream of the gated stage) whose JUnit counts are summed.
+    pub from: Vec<String>,
+    /// passed / total, in [0, 1].
+    pub min_pass_rate: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricGate {
+    pub name: String,
+    /// Upstream stage whose metrics report holds the value.
+    pub from: String,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// Largest allowed drop below the value production was promoted with.
+    pub max_regression: Option<f64>,
+}
+
+impl PipelineSpec {
+    pub fn stage(&self, name: &str) -> Option<&StageSpec> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+}
