@@ -1,1 +1,5 @@
-//! placeholder
+//! Conveyor coordinator: the replicated state machine, its Raft node and storage, the
+//! leader's scheduler, promotion gates and the gRPC API (DESIGN.md, "Workspace").
+
+pub mod gate;
+pub mod state;

@@ -1,0 +1,260 @@
+//! The one `Command` type: every change to replicated state is one of these, serialised with
+//! prost into a Raft entry. Tags are additive: never renumber or reuse one, so a node running
+//! a newer build can replay an older log (STYLE.md, "version every persisted payload").
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Version written into every command; bump when the meaning (not just the shape) changes.
+pub const COMMAND_VERSION: u32 = 1;
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Command {
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// Wall-clock time stamped by the proposer; apply uses this, never the clock.
+    #[prost(int64, tag = "2")]
+    pub at_ms: i64,
+    #[prost(
+        oneof = "Kind",
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23"
+    )]
+    pub kind: Option<Kind>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum Kind {
+    #[prost(message, tag = "10")]
+    ApplyPipeline(ApplyPipeline),
+    #[prost(message, tag = "11")]
+    StartRun(StartRun),
+    #[prost(message, tag = "12")]
+    CancelRun(CancelRun),
+    #[prost(message, tag = "13")]
+    RegisterAgent(RegisterAgent),
+    #[prost(message, tag = "14")]
+    Heartbeat(Heartbeat),
+    #[prost(message, tag = "15")]
+    AssignStage(AssignStage),
+    #[prost(message, tag = "16")]
+    StartAttempt(AttemptKey),
+    #[prost(message, tag = "17")]
+    AppendLogs(AppendLogs),
+    #[prost(message, tag = "18")]
+    ReportResult(ReportResult),
+    #[prost(message, tag = "19")]
+    ExpireAttempt(ExpireAttempt),
+    #[prost(message, tag = "20")]
+    Approve(Approve),
+    #[prost(message, tag = "21")]
+    Reject(Reject),
+    #[prost(message, tag = "22")]
+    Rollback(Rollback),
+    #[prost(message, tag = "23")]
+    Noop(Noop),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ApplyPipeline {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub spec_yaml: String,
+    #[prost(string, tag = "3")]
+    pub file_name: String,
+    /// The validated `PipelineSpec` as JSON, so replay never depends on the parser version.
+    #[prost(string, tag = "4")]
+    pub spec_json: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StartRun {
+    #[prost(string, tag = "1")]
+    pub pipeline: String,
+    #[prost(string, tag = "2")]
+    pub revision: String,
+    #[prost(btree_map = "string, string", tag = "3")]
+    pub params: BTreeMap<String, String>,
+    #[prost(string, tag = "4")]
+    pub trigger: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CancelRun {
+    #[prost(string, tag = "1")]
+    pub run_id: String,
+    #[prost(string, tag = "2")]
+    pub reason: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RegisterAgent {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, repeated, tag = "2")]
+    pub labels: Vec<String>,
+    #[prost(uint32, tag = "3")]
+    pub slots: u32,
+    #[prost(string, tag = "4")]
+    pub version: String,
+}
+
+/// Extends the lease of every live attempt held by `agent`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Heartbeat {
+    #[prost(string, tag = "1")]
+    pub agent: String,
+    #[prost(int64, tag = "2")]
+    pub lease_until_ms: i64,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Message)]
+pub struct AttemptKey {
+    #[prost(string, tag = "1")]
+    pub run_id: String,
+    #[prost(string, tag = "2")]
+    pub stage: String,
+    #[prost(uint32, tag = "3")]
+    pub attempt: u32,
+    /// The agent making the claim; checked against the attempt's holder.
+    #[prost(string, tag = "4")]
+    pub agent: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AssignStage {
+    #[prost(string, tag = "1")]
+    pub run_id: String,
+    #[prost(string, tag = "2")]
+    pub stage: String,
+    /// The attempt number this assignment creates (must be the next one).
+    #[prost(uint32, tag = "3")]
+    pub attempt: u32,
+    #[prost(string, tag = "4")]
+    pub agent: String,
+    #[prost(int64, tag = "5")]
+    pub lease_until_ms: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LogChunk {
+    #[prost(message, optional, tag = "1")]
+    pub key: Option<AttemptKey>,
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
+    #[prost(bytes = "vec", tag = "3")]
+    pub data: Vec<u8>,
+}
+
+/// Chunks from one or many agents, group-committed in one entry.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AppendLogs {
+    #[prost(message, repeated, tag = "1")]
+    pub chunks: Vec<LogChunk>,
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize, prost::Message)]
+pub struct TestCounts {
+    #[prost(uint32, tag = "1")]
+    pub total: u32,
+    #[prost(uint32, tag = "2")]
+    pub passed: u32,
+    #[prost(uint32, tag = "3")]
+    pub failed: u32,
+    #[prost(uint32, tag = "4")]
+    pub errors: u32,
+    #[prost(uint32, tag = "5")]
+    pub skipped: u32,
+}
+
+/// An attempt's outcome as the agent reported it (also the form kept in state).
+#[derive(Clone, PartialEq, Serialize, Deserialize, prost::Message)]
+pub struct StageResult {
+    #[prost(int32, tag = "1")]
+    pub exit_code: i32,
+    #[prost(uint64, tag = "2")]
+    pub duration_ms: u64,
+    #[prost(message, optional, tag = "3")]
+    pub tests: Option<TestCounts>,
+    #[prost(btree_map = "string, double", tag = "4")]
+    pub metrics: BTreeMap<String, f64>,
+    #[prost(bool, tag = "5")]
+    pub cancelled: bool,
+    #[prost(string, repeated, tag = "6")]
+    pub errors: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReportResult {
+    #[prost(message, optional, tag = "1")]
+    pub key: Option<AttemptKey>,
+    #[prost(message, optional, tag = "2")]
+    pub result: Option<StageResult>,
+}
+
+/// Ends a live attempt that did not finish by itself.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ExpireAttempt {
+    #[prost(message, optional, tag = "1")]
+    pub key: Option<AttemptKey>,
+    /// True for a stage timeout (counts as a failure); false for a lapsed lease (requeue).
+    #[prost(bool, tag = "2")]
+    pub timed_out: bool,
+    #[prost(string, tag = "3")]
+    pub reason: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Approve {
+    #[prost(string, tag = "1")]
+    pub run_id: String,
+    #[prost(string, tag = "2")]
+    pub stage: String,
+    #[prost(string, tag = "3")]
+    pub identity: String,
+    #[prost(string, tag = "4")]
+    pub comment: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Reject {
+    #[prost(string, tag = "1")]
+    pub run_id: String,
+    #[prost(string, tag = "2")]
+    pub stage: String,
+    #[prost(string, tag = "3")]
+    pub identity: String,
+    #[prost(string, tag = "4")]
+    pub reason: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Rollback {
+    #[prost(string, tag = "1")]
+    pub environment: String,
+    #[prost(string, tag = "2")]
+    pub reason: String,
+}
+
+/// Proposed by a new leader so it can commit an entry of its term; changes nothing.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Noop {}
+
+impl Command {
+    pub fn new(at_ms: i64, kind: Kind) -> Self {
+        Command {
+            version: COMMAND_VERSION,
+            at_ms,
+            kind: Some(kind),
+        }
+    }
+
+    pub fn encode_to_vec(&self) -> Vec<u8> {
+        prost::Message::encode_to_vec(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, prost::DecodeError> {
+        <Self as prost::Message>::decode(bytes)
+    }
+}

@@ -1,0 +1,210 @@
+//! The deterministic state machine: `apply(&mut State, &Command, index)` is the only way
+//! replicated state changes. No I/O, no clock, no randomness: the proposer stamps time into the
+//! command, so every node that applies the same log reaches the same state.
+
+mod attempts;
+pub mod command;
+mod deploy;
+mod flow;
+pub mod model;
+mod pipelines;
+mod runs;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+pub use command::{AttemptKey, Command, Kind};
+pub use model::*;
+
+/// Version of the snapshot encoding of `State`.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// Everything the cluster agrees on, except bulk data (log chunks), which apply hands out as
+/// events for the store to write.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub pipelines: BTreeMap<String, Pipeline>,
+    pub runs: BTreeMap<String, Run>,
+    /// Ids of runs still running: the scheduler and heartbeats only look at these.
+    pub active: BTreeSet<String>,
+    pub next_run_seq: u64,
+    pub agents: BTreeMap<String, Agent>,
+    /// Every deployment ever recorded; `id` is position + 1.
+    pub deployments: Vec<Deployment>,
+}
+
+/// What apply tells the world besides its answer: the store writes `LogAppended` durably; the
+/// API pushes the others to agents and watchers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    RunChanged {
+        run_id: String,
+    },
+    LogAppended {
+        run_id: String,
+        stage: String,
+        attempt: u32,
+        seq: u64,
+        data: Vec<u8>,
+    },
+    Assigned {
+        agent: String,
+        run_id: String,
+        stage: String,
+        attempt: u32,
+    },
+    CancelAttempt {
+        agent: String,
+        run_id: String,
+        stage: String,
+        attempt: u32,
+        reason: String,
+    },
+    /// A stage became queued: the scheduler has work.
+    StageQueued,
+}
+
+/// Acknowledgement of log chunks for one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogAck {
+    pub run_id: String,
+    pub stage: String,
+    pub attempt: u32,
+    pub next_seq: u64,
+    pub stale: bool,
+}
+
+/// The answer apply gives to the proposer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Done,
+    Pipeline { version: u32, changed: bool },
+    Run(String),
+    LogAcks(Vec<LogAck>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A claim by an attempt that is no longer the live one (fencing).
+    #[error("{0}")]
+    Stale(String),
+}
+
+/// Result of applying one entry.
+#[derive(Debug)]
+pub struct Applied {
+    pub result: Result<Outcome, StateError>,
+    pub events: Vec<Event>,
+}
+
+/// Applies one command. `index` is the Raft index of the entry (kept for tracing only).
+pub fn apply(state: &mut State, cmd: &Command, index: u64) -> Applied {
+    let mut events = Vec::new();
+    let at = cmd.at_ms;
+    let result = match &cmd.kind {
+        None => Err(StateError::InvalidArgument {
+            field: "command".into(),
+            message: format!("entry {index} carries no command (written by a newer version?)"),
+        }),
+        Some(kind) => match kind {
+            Kind::ApplyPipeline(c) => pipelines::apply_pipeline(state, c, at),
+            Kind::StartRun(c) => runs::start_run(state, c, at, &mut events),
+            Kind::CancelRun(c) => runs::cancel_run(state, c, at, &mut events),
+            Kind::RegisterAgent(c) => attempts::register_agent(state, c, at),
+            Kind::Heartbeat(c) => attempts::heartbeat(state, c, at),
+            Kind::AssignStage(c) => attempts::assign(state, c, at, &mut events),
+            Kind::StartAttempt(c) => attempts::start(state, c, at, &mut events),
+            Kind::AppendLogs(c) => attempts::append_logs(state, c, &mut events),
+            Kind::ReportResult(c) => attempts::report_result(state, c, at, &mut events),
+            Kind::ExpireAttempt(c) => attempts::expire(state, c, at, &mut events),
+            Kind::Approve(c) => runs::approve(state, c, at, &mut events),
+            Kind::Reject(c) => runs::reject(state, c, at, &mut events),
+            Kind::Rollback(c) => deploy::start_rollback(state, c, at, &mut events).map(Outcome::Run),
+            Kind::Noop(_) => Ok(Outcome::Done),
+        },
+    };
+    Applied { result, events }
+}
+
+impl State {
+    /// Every live attempt, with its run and stage names.
+    pub fn live_attempts(&self) -> impl Iterator<Item = (&Run, &Stage, &Attempt)> {
+        self.active
+            .iter()
+            .filter_map(|id| self.runs.get(id))
+            .flat_map(|run| {
+                run.stages
+                    .iter()
+                    .filter_map(move |s| s.live_attempt().map(|a| (run, s, a)))
+            })
+    }
+
+    /// Queued stages of running runs, oldest first.
+    pub fn queued_stages(&self) -> Vec<(&Run, &Stage)> {
+        let mut out: Vec<(&Run, &Stage)> = self
+            .active
+            .iter()
+            .filter_map(|id| self.runs.get(id))
+            .flat_map(|run| {
+                run.stages
+                    .iter()
+                    .filter(|s| s.state == StageState::Queued)
+                    .map(move |s| (run, s))
+            })
+            .collect();
+        out.sort_by_key(|(run, s)| (s.queued_ms, run.seq));
+        out
+    }
+
+    /// The stage spec a run executes for `stage` (a rollback run carries its own).
+    pub fn stage_spec<'a>(
+        &'a self,
+        run: &'a Run,
+        stage: &str,
+    ) -> Option<&'a cd_common::spec::StageSpec> {
+        flow::stage_spec(&self.pipelines, run, stage)
+    }
+
+    /// The latest successful deployment of an environment, if any.
+    pub fn current_deployment(&self, env: &str) -> Option<&Deployment> {
+        deploy::current(&self.deployments, env)
+    }
+
+    /// Encodes a snapshot (versioned JSON).
+    pub fn to_snapshot(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(&SnapshotEnvelope {
+            version: SNAPSHOT_VERSION,
+            state: std::borrow::Cow::Borrowed(self),
+        })
+    }
+
+    pub fn from_snapshot(bytes: &[u8]) -> Result<State, String> {
+        let env: SnapshotEnvelope<'static> =
+            serde_json::from_slice(bytes).map_err(|e| format!("corrupt state snapshot: {e}"))?;
+        if env.version > SNAPSHOT_VERSION {
+            return Err(format!(
+                "state snapshot version {} is newer than this build understands ({SNAPSHOT_VERSION})",
+                env.version
+            ));
+        }
+        Ok(env.state.into_owned())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotEnvelope<'a> {
+    version: u32,
+    state: std::borrow::Cow<'a, State>,
+}

@@ -1,0 +1,279 @@
+//! The entities of replicated state (DESIGN.md, "Replicated state"). Plain data, serialised
+//! with serde for snapshots; all behaviour lives in the apply modules.
+
+use std::collections::BTreeMap;
+
+use cd_common::spec::{PipelineSpec, StageSpec};
+use serde::{Deserialize, Serialize};
+
+pub use super::command::{StageResult, TestCounts};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageState {
+    Pending,
+    Queued,
+    Assigned,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    AwaitingApproval,
+    GateFailed,
+    Skipped,
+}
+
+impl StageState {
+    /// A final stage never changes again.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Cancelled | Self::GateFailed | Self::Skipped
+        )
+    }
+
+    /// The stage holds a live attempt on an agent.
+    pub fn is_live(self) -> bool {
+        matches!(self, Self::Assigned | Self::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Queued => "queued",
+            Self::Assigned => "assigned",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::AwaitingApproval => "awaiting_approval",
+            Self::GateFailed => "gate_failed",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineVersion {
+    pub version: u32,
+    pub spec: PipelineSpec,
+    pub spec_yaml: String,
+    pub file_name: String,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pipeline {
+    pub name: String,
+    /// Oldest first; a run pins one of these by number.
+    pub versions: Vec<PipelineVersion>,
+    /// Number given to the next run of this pipeline (run ids are `<pipeline>-<n>`).
+    pub next_run: u64,
+}
+
+impl Pipeline {
+    pub fn latest(&self) -> Option<&PipelineVersion> {
+        self.versions.last()
+    }
+
+    pub fn version(&self, v: u32) -> Option<&PipelineVersion> {
+        self.versions.iter().find(|p| p.version == v)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub number: u32,
+    pub agent: String,
+    pub assigned_ms: i64,
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    pub lease_until_ms: i64,
+    pub result: Option<StageResult>,
+    pub end_reason: String,
+    /// Next log sequence number expected; chunks below it are duplicates.
+    pub log_next_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateDecision {
+    pub outcome: GateOutcome,
+    pub reasons: Vec<String>,
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateOutcome {
+    Pass,
+    Fail,
+    Inconclusive,
+    WaitingApproval,
+}
+
+impl GateOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Fail => "fail",
+            Self::Inconclusive => "inconclusive",
+            Self::WaitingApproval => "waiting_approval",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    pub identity: String,
+    pub approved: bool,
+    pub comment: String,
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stage {
+    pub name: String,
+    pub state: StageState,
+    pub attempts: Vec<Attempt>,
+    pub reason: String,
+    pub gate: Option<GateDecision>,
+    pub approvals: Vec<Approval>,
+    /// Failed attempts so far (lease lapses do not count); compared with `retries`.
+    pub failures: u32,
+    /// When the stage last became queued: the scheduler serves oldest first.
+    pub queued_ms: i64,
+}
+
+impl Stage {
+    pub fn new(name: &str) -> Self {
+        Stage {
+            name: name.to_string(),
+            state: StageState::Pending,
+            attempts: Vec::new(),
+            reason: String::new(),
+            gate: None,
+            approvals: Vec::new(),
+            failures: 0,
+            queued_ms: 0,
+        }
+    }
+
+    /// The attempt an agent holds now, if any.
+    pub fn live_attempt(&self) -> Option<&Attempt> {
+        if self.state.is_live() {
+            self.attempts.last()
+        } else {
+            None
+        }
+    }
+
+    pub fn last_result(&self) -> Option<&StageResult> {
+        self.attempts.last().and_then(|a| a.result.as_ref())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunKind {
+    Release,
+    Rollback,
+}
+
+/// What a rollback run restores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RollbackPlan {
+    pub environment: String,
+    /// The deployment whose revision is restored.
+    pub restores: u64,
+    /// The deployment being undone.
+    pub undoes: u64,
+    /// The deploying stage of the pipeline version being restored, with `run` replaced by its
+    /// `rollback` command when it has one.
+    pub stage: StageSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub id: String,
+    /// Global creation order, for listing.
+    pub seq: u64,
+    pub pipeline: String,
+    pub pipeline_version: u32,
+    pub revision: String,
+    pub params: BTreeMap<String, String>,
+    pub trigger: String,
+    pub kind: RunKind,
+    pub rollback: Option<RollbackPlan>,
+    pub state: RunState,
+    pub created_ms: i64,
+    pub finished_ms: i64,
+    pub stages: Vec<Stage>,
+    pub reason: String,
+}
+
+impl Run {
+    pub fn stage(&self, name: &str) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+
+    pub fn stage_mut(&mut self, name: &str) -> Option<&mut Stage> {
+        self.stages.iter_mut().find(|s| s.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Agent {
+    pub name: String,
+    pub labels: Vec<String>,
+    pub slots: u32,
+    pub version: String,
+    pub registered_ms: i64,
+    pub last_seen_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentStatus {
+    InProgress,
+    Succeeded,
+    Failed,
+    RolledBack,
+}
+
+impl DeploymentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InProgress => "in_progress",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::RolledBack => "rolled_back",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: u64,
+    pub environment: String,
+    pub run_id: String,
+    pub pipeline: String,
+    pub pipeline_version: u32,
+    pub revision: String,
+    pub stage: String,
+    pub status: DeploymentStatus,
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    pub metrics: BTreeMap<String, f64>,
+    pub kind: RunKind,
+    /// For a rollback: the deployment whose revision it restored (0 otherwise).
+    pub restores: u64,
+}

@@ -1,0 +1,188 @@
+//! Starting and cancelling runs, and operator decisions on gates.
+
+use super::command::{Approve, CancelRun, Reject, StartRun};
+use super::flow;
+use super::{
+    Approval, Event, GateOutcome, Outcome, Run, RunKind, RunState, Stage, StageState, State,
+    StateError,
+};
+
+pub(super) fn start_run(
+    state: &mut State,
+    c: &StartRun,
+    at: i64,
+    events: &mut Vec<Event>,
+) -> Result<Outcome, StateError> {
+    let pipeline = state
+        .pipelines
+        .get_mut(&c.pipeline)
+        .ok_or_else(|| StateError::NotFound(format!("pipeline {:?} does not exist", c.pipeline)))?;
+    let version = pipeline
+        .latest()
+        .ok_or_else(|| StateError::NotFound(format!("pipeline {:?} has no version", c.pipeline)))?;
+    let stages = version.spec.stages.iter().map(|s| Stage::new(&s.name)).collect();
+    let version = version.version;
+    let id = format!("{}-{}", c.pipeline, pipeline.next_run);
+    pipeline.next_run += 1;
+    let run = Run {
+        id: id.clone(),
+        seq: state.next_run_seq,
+        pipeline: c.pipeline.clone(),
+        pipeline_version: version,
+        revision: if c.revision.is_empty() {
+            "HEAD".into()
+        } else {
+            c.revision.clone()
+        },
+        params: c.params.clone(),
+        trigger: if c.trigger.is_empty() {
+            "manual".into()
+        } else {
+            c.trigger.clone()
+        },
+        kind: RunKind::Release,
+        rollback: None,
+        state: RunState::Running,
+        created_ms: at,
+        finished_ms: 0,
+        stages,
+        reason: String::new(),
+    };
+    insert_run(state, run, at, events);
+    Ok(Outcome::Run(id))
+}
+
+/// Adds a new running run and moves its first stages forward.
+pub(super) fn insert_run(state: &mut State, run: Run, at: i64, events: &mut Vec<Event>) {
+    let id = run.id.clone();
+    state.next_run_seq += 1;
+    state.active.insert(id.clone());
+    state.runs.insert(id.clone(), run);
+    flow::advance(state, &id, at, events);
+}
+
+pub(super) fn cancel_run(
+    state: &mut State,
+    c: &CancelRun,
+    at: i64,
+    events: &mut Vec<Event>,
+) -> Result<Outcome, StateError> {
+    let run = state
+        .runs
+        .get_mut(&c.run_id)
+        .ok_or_else(|| StateError::NotFound(format!("run {:?} does not exist", c.run_id)))?;
+    if run.state != RunState::Running {
+        return Err(StateError::FailedPrecondition(format!(
+            "run {} already ended ({:?})",
+            run.id, run.state
+        )));
+    }
+    let reason = if c.reason.is_empty() {
+        "cancelled by operator".to_string()
+    } else {
+        format!("cancelled: {}", c.reason)
+    };
+    for stage in run.stages.iter_mut().filter(|s| !s.state.is_final()) {
+        if stage.state.is_live()
+            && let Some(a) = stage.attempts.last_mut()
+        {
+            a.end_reason = reason.clone();
+            a.finished_ms = at;
+            events.push(Event::CancelAttempt {
+                agent: a.agent.clone(),
+                run_id: run.id.clone(),
+                stage: stage.name.clone(),
+                attempt: a.number,
+                reason: reason.clone(),
+            });
+        }
+        stage.state = StageState::Cancelled;
+        stage.reason = reason.clone();
+    }
+    run.reason = reason;
+    flow::advance(state, &c.run_id, at, events);
+    Ok(Outcome::Done)
+}
+
+fn awaiting_stage<'a>(
+    state: &'a mut State,
+    run_id: &str,
+    stage: &str,
+) -> Result<&'a mut Run, StateError> {
+    let run = state
+        .runs
+        .get_mut(run_id)
+        .ok_or_else(|| StateError::NotFound(format!("run {run_id:?} does not exist")))?;
+    let s = run
+        .stage(stage)
+        .ok_or_else(|| StateError::NotFound(format!("run {run_id} has no stage {stage:?}")))?;
+    if s.state != StageState::AwaitingApproval {
+        return Err(StateError::FailedPrecondition(format!(
+            "stage {stage} of run {run_id} is {}, not awaiting approval",
+            s.state.as_str()
+        )));
+    }
+    Ok(run)
+}
+
+pub(super) fn approve(
+    state: &mut State,
+    c: &Approve,
+    at: i64,
+    events: &mut Vec<Event>,
+) -> Result<Outcome, StateError> {
+    awaiting_stage(state, &c.run_id, &c.stage)?;
+    let State {
+        runs,
+        deployments,
+        pipelines,
+        ..
+    } = &mut *state;
+    let run = runs
+        .get_mut(&c.run_id)
+        .ok_or_else(|| StateError::NotFound(c.run_id.clone()))?;
+    let spec = flow::stage_spec(pipelines, run, &c.stage)
+        .cloned()
+        .ok_or_else(|| StateError::NotFound(format!("no spec for stage {:?}", c.stage)))?;
+    let gate_spec = spec.gate.clone().unwrap_or_default();
+    let idx = run
+        .stages
+        .iter()
+        .position(|s| s.name == c.stage)
+        .ok_or_else(|| StateError::NotFound(c.stage.clone()))?;
+    run.stages[idx].approvals.push(Approval {
+        identity: c.identity.clone(),
+        approved: true,
+        comment: c.comment.clone(),
+        at_ms: at,
+    });
+    let d = flow::evaluate_gate(deployments, run, &spec, &gate_spec, &run.stages[idx], at);
+    if d.outcome == GateOutcome::Fail {
+        // Facts changed since the stage started waiting (e.g. production moved): say so.
+        run.stages[idx].reason = format!("gate failed: {}", d.reasons.join("; "));
+    }
+    flow::apply_gate_decision(&mut run.stages[idx], d, at, events);
+    flow::advance(state, &c.run_id, at, events);
+    Ok(Outcome::Done)
+}
+
+pub(super) fn reject(
+    state: &mut State,
+    c: &Reject,
+    at: i64,
+    events: &mut Vec<Event>,
+) -> Result<Outcome, StateError> {
+    let run = awaiting_stage(state, &c.run_id, &c.stage)?;
+    if let Some(stage) = run.stage_mut(&c.stage) {
+        stage.approvals.push(Approval {
+            identity: c.identity.clone(),
+            approved: false,
+            comment: c.reason.clone(),
+            at_ms: at,
+        });
+        stage.state = StageState::GateFailed;
+        stage.reason = format!("rejected by {}: {}", c.identity, c.reason);
+    }
+    flow::advance(state, &c.run_id, at, events);
+    Ok(Outcome::Done)
+}
