@@ -3,3 +3,8 @@
 
 pub mod gate;
 pub mod state;
+pub mod store;
+pub mod raft;
+pub mod api;
+pub mod scheduler;
+pub mod server;

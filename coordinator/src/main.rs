@@ -1,1 +1,137 @@
-fn main() {}
+//! `cd-coordinator`: `serve` runs a node; `dev` runs a throwaway single node with its own
+//! certificates and an agent in the same process (like `vault server -dev`).
+
+mod dev;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use cd_common::tls::TlsPaths;
+use cd_coordinator::server::{Coordinator, CoordinatorConfig};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "cd-coordinator", version, about = "Conveyor coordinator: stores pipeline state with Raft and schedules stages onto agents")]
+struct Cli {
+    /// Log as JSON lines (for log shippers) instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a coordinator node with certificates from `cdctl certs`.
+    Serve(ServeArgs),
+    /// Run a single throwaway node with generated certificates and a built-in agent; with
+    /// --run, apply a pipeline, start it and show its progress.
+    Dev(dev::DevArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Raft id of this node.
+    #[arg(long, default_value_t = 1)]
+    node_id: u64,
+    /// Address for the gRPC API (agents and cdctl). Port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+    /// Directory for the Raft log, snapshots and logs (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Cluster CA certificate (PEM).
+    #[arg(long, env = "CD_CA")]
+    ca: PathBuf,
+    /// This node's certificate (PEM), issued with `cdctl certs issue --role coordinator`.
+    #[arg(long, env = "CD_NODE_CERT")]
+    cert: PathBuf,
+    /// This node's private key (PEM).
+    #[arg(long, env = "CD_NODE_KEY")]
+    key: PathBuf,
+    /// How long an agent keeps a stage without a heartbeat before it is requeued.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    lease: std::time::Duration,
+    /// Snapshot the state and compact the Raft log after this many entries.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_every: u64,
+}
+
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    cd_common::duration::parse_duration_ms(s).map(std::time::Duration::from_millis)
+}
+
+/// Cancels the token on SIGINT or SIGTERM.
+pub(crate) fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown requested");
+        t.cancel();
+    });
+    token
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let mut cfg = CoordinatorConfig::new(
+        args.data_dir,
+        TlsPaths {
+            ca: args.ca,
+            cert: args.cert,
+            key: args.key,
+        },
+    );
+    cfg.node_id = args.node_id;
+    cfg.lease = args.lease;
+    cfg.snapshot_every = args.snapshot_every;
+    let shutdown = shutdown_on_signals();
+    let coordinator = Coordinator::start(cfg, listener, shutdown)?;
+    // Tests and scripts read this line to learn the port.
+    println!("listening on https://{addr}");
+    tracing::info!(%addr, "coordinator serving");
+    coordinator.wait().await?;
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    cd_common::tls::install_crypto_provider();
+    let cli = Cli::parse();
+    cd_common::telemetry::init_tracing(cli.log_json);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Serve(a) => serve(a).await.map(|()| 0),
+            Cmd::Dev(a) => dev::run(a).await,
+        }
+    });
+    match result {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

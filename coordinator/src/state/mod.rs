@@ -13,6 +13,8 @@ mod runs;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
+mod testkit;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};

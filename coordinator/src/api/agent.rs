@@ -1,0 +1,309 @@
+//! The agent API: a held `Attach` stream carrying assignments and cancellations (no polling),
+//! heartbeats that extend leases, and log chunks and results that are fenced by attempt.
+
+use std::pin::Pin;
+use cd_proto::v1 as pb;
+use cd_proto::v1::agent_service_server::AgentService;
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, info, info_span, instrument, warn};
+
+use super::convert;
+use super::sessions::Sessions;
+use super::status::{from_propose, invalid};
+use super::ApiConfig;
+use crate::raft::{AppliedEvent, RaftHandle};
+use crate::state::command::{self as cmd, AttemptKey};
+use crate::state::{Event, Kind, Outcome};
+
+#[derive(Clone)]
+pub struct AgentApi {
+    pub node: RaftHandle,
+    pub sessions: Sessions,
+    pub cfg: ApiConfig,
+    pub shutdown: CancellationToken,
+}
+
+type MsgStream = Pin<Box<dyn Stream<Item = Result<pb::AgentMessage, Status>> + Send>>;
+
+fn valid_name(field: &str, name: &str) -> Result<(), Status> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("{name:?} must be 1-128 characters of A-Z a-z 0-9 - _ ."),
+        ))
+    }
+}
+
+fn key(agent: &str, r: Option<pb::AttemptRef>) -> Result<AttemptKey, Status> {
+    let r = r.ok_or_else(|| invalid("attempt", "missing"))?;
+    Ok(AttemptKey {
+        run_id: r.run_id,
+        stage: r.stage,
+        attempt: r.attempt,
+        agent: agent.to_string(),
+    })
+}
+
+fn assignment_msg(a: pb::Assignment) -> pb::AgentMessage {
+    pb::AgentMessage {
+        kind: Some(pb::agent_message::Kind::Assignment(a)),
+    }
+}
+
+impl AgentApi {
+    /// Every attempt currently held by `agent`, as assignments (sent on every (re)connect).
+    fn live_assignments(&self, agent: &str) -> Vec<pb::AgentMessage> {
+        self.node.read(|st| {
+            st.live_attempts()
+                .filter(|(_, _, a)| a.agent == agent)
+                .filter_map(|(run, stage, a)| convert::assignment(st, &run.id, &stage.name, a.number))
+                .map(assignment_msg)
+                .collect()
+        })
+    }
+
+    fn event_msg(&self, agent: &str, ev: &AppliedEvent) -> Option<pb::AgentMessage> {
+        match &ev.event {
+            Event::Assigned {
+                agent: a,
+                run_id,
+                stage,
+                attempt,
+            } if a == agent => self
+                .node
+                .read(|st| convert::assignment(st, run_id, stage, *attempt))
+                .map(assignment_msg),
+            Event::CancelAttempt {
+                agent: a,
+                run_id,
+                stage,
+                attempt,
+                reason,
+            } if a == agent => Some(pb::AgentMessage {
+                kind: Some(pb::agent_message::Kind::Cancel(pb::Cancel {
+                    attempt: Some(pb::AttemptRef {
+                        run_id: run_id.clone(),
+                        stage: stage.clone(),
+                        attempt: *attempt,
+                    }),
+                    reason: reason.clone(),
+                })),
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    type AttachStream = MsgStream;
+
+    #[instrument(skip_all, fields(agent = %req.get_ref().agent))]
+    async fn attach(
+        &self,
+        req: Request<pb::ConnectRequest>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let r = req.into_inner();
+        valid_name("agent", &r.agent)?;
+        if r.slots == 0 || r.slots > 1024 {
+            return Err(invalid("slots", format!("{} is not in 1..=1024", r.slots)));
+        }
+        for l in &r.labels {
+            valid_name("labels", l)?;
+        }
+        self.node
+            .propose(Kind::RegisterAgent(cmd::RegisterAgent {
+                name: r.agent.clone(),
+                labels: r.labels.clone(),
+                slots: r.slots,
+                version: r.version.clone(),
+            }))
+            .await
+            .map_err(from_propose)?;
+        // Subscribe before reading state so no assignment falls between the two.
+        let mut events = self.node.subscribe();
+        let (tx, rx) = mpsc::channel(256);
+        for m in self.live_assignments(&r.agent) {
+            let _ = tx.send(Ok(m)).await;
+        }
+        let generation = self.sessions.connect(&r.agent);
+        info!(slots = r.slots, labels = ?r.labels, "agent attached");
+        let api = self.clone();
+        let agent = r.agent.clone();
+        let span = info_span!("attach", agent = %agent);
+        tokio::spawn(
+            async move {
+                loop {
+                    let msg = tokio::select! {
+                        _ = tx.closed() => break,
+                        _ = api.shutdown.cancelled() => break,
+                        ev = events.recv() => match ev {
+                            Ok(ev) => api.event_msg(&agent, &ev).map(|m| vec![m]).unwrap_or_default(),
+                            Err(broadcast::error::RecvError::Lagged(n)) => {
+                                warn!(missed = n, "event stream lagged; resending live assignments");
+                                api.live_assignments(&agent)
+                            }
+                            Err(broadcast::error::RecvError::Closed) => break,
+                        },
+                    };
+                    for m in msg {
+                        if tx.send(Ok(m)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                api.sessions.disconnect(&agent, generation);
+                info!("agent detached");
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let r = req.into_inner();
+        valid_name("agent", &r.agent)?;
+        let lease_until_ms = cd_common::time::now_ms() + self.cfg.lease.as_millis() as i64;
+        self.node
+            .propose(Kind::Heartbeat(cmd::Heartbeat {
+                agent: r.agent.clone(),
+                lease_until_ms,
+            }))
+            .await
+            .map_err(from_propose)?;
+        let stale = self.node.read(|st| {
+            r.running
+                .iter()
+                .filter(|a| {
+                    let live = st
+                        .runs
+                        .get(&a.run_id)
+                        .and_then(|run| run.stage(&a.stage))
+                        .and_then(|s| s.live_attempt())
+                        .is_some_and(|l| l.number == a.attempt && l.agent == r.agent);
+                    !live
+                })
+                .cloned()
+                .collect()
+        });
+        Ok(Response::new(pb::HeartbeatResponse {
+            lease_until_ms,
+            stale,
+        }))
+    }
+
+    async fn start_attempt(
+        &self,
+        req: Request<pb::StartAttemptRequest>,
+    ) -> Result<Response<pb::StartAttemptResponse>, Status> {
+        let r = req.into_inner();
+        let k = key(&r.agent, r.attempt)?;
+        self.node
+            .propose(Kind::StartAttempt(k))
+            .await
+            .map_err(from_propose)?;
+        Ok(Response::new(pb::StartAttemptResponse {}))
+    }
+
+    async fn push_logs(
+        &self,
+        req: Request<pb::PushLogsRequest>,
+    ) -> Result<Response<pb::PushLogsResponse>, Status> {
+        let r = req.into_inner();
+        let limits = &self.cfg.limits;
+        if r.chunks.len() > limits.max_chunks_per_push {
+            return Err(Status::resource_exhausted(format!(
+                "chunks: {} in one push exceeds the limit of {}",
+                r.chunks.len(),
+                limits.max_chunks_per_push
+            )));
+        }
+        let mut chunks = Vec::with_capacity(r.chunks.len());
+        for c in r.chunks {
+            if c.data.len() > limits.max_log_chunk {
+                return Err(invalid(
+                    "chunks.data",
+                    format!(
+                        "{} bytes exceeds the log chunk limit of {} bytes",
+                        c.data.len(),
+                        limits.max_log_chunk
+                    ),
+                ));
+            }
+            chunks.push(cmd::LogChunk {
+                key: Some(key(&r.agent, c.attempt)?),
+                seq: c.seq,
+                data: c.data,
+            });
+        }
+        let out = self
+            .node
+            .propose(Kind::AppendLogs(cmd::AppendLogs { chunks }))
+            .await
+            .map_err(from_propose)?;
+        let acks = match out {
+            Outcome::LogAcks(acks) => acks
+                .into_iter()
+                .map(|a| pb::LogAck {
+                    attempt: Some(pb::AttemptRef {
+                        run_id: a.run_id,
+                        stage: a.stage,
+                        attempt: a.attempt,
+                    }),
+                    next_seq: a.next_seq,
+                    stale: a.stale,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(Response::new(pb::PushLogsResponse { acks }))
+    }
+
+    async fn report_result(
+        &self,
+        req: Request<pb::ReportResultRequest>,
+    ) -> Result<Response<pb::ReportResultResponse>, Status> {
+        let r = req.into_inner();
+        let k = key(&r.agent, r.attempt)?;
+        let result = r.result.ok_or_else(|| invalid("result", "missing"))?;
+        let limits = &self.cfg.limits;
+        if result.metrics.len() > limits.max_metrics {
+            return Err(invalid(
+                "result.metrics",
+                format!("{} entries exceeds the limit of {}", result.metrics.len(), limits.max_metrics),
+            ));
+        }
+        if let Some((name, v)) = result.metrics.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(invalid("result.metrics", format!("{name} is {v}, not a finite number")));
+        }
+        let errors_len: usize = result.errors.iter().map(String::len).sum();
+        if errors_len > limits.max_log_chunk {
+            return Err(invalid(
+                "result.errors",
+                format!("{errors_len} bytes exceeds the limit of {} bytes", limits.max_log_chunk),
+            ));
+        }
+        self.node
+            .propose(Kind::ReportResult(cmd::ReportResult {
+                key: Some(k),
+                result: Some(convert::result_from_pb(result)),
+            }))
+            .await
+            .map_err(from_propose)?;
+        Ok(Response::new(pb::ReportResultResponse {}))
+    }
+}

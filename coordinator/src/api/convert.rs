@@ -1,0 +1,206 @@
+//! Conversions between domain types and generated `cd.v1` messages, one place per type, so
+//! nothing below `api/` sees a generated type (STYLE.md, "Generated types stay at the edge").
+
+use std::collections::HashMap;
+
+use cd_proto::v1 as pb;
+
+use crate::state::{
+    self, Attempt, Deployment, RunKind, RunState, Stage, StageResult, StageState, State,
+    TestCounts,
+};
+
+pub fn stage_state(s: StageState) -> pb::StageState {
+    match s {
+        StageState::Pending => pb::StageState::Pending,
+        StageState::Queued => pb::StageState::Queued,
+        StageState::Assigned => pb::StageState::Assigned,
+        StageState::Running => pb::StageState::Running,
+        StageState::Succeeded => pb::StageState::Succeeded,
+        StageState::Failed => pb::StageState::Failed,
+        StageState::Cancelled => pb::StageState::Cancelled,
+        StageState::AwaitingApproval => pb::StageState::AwaitingApproval,
+        StageState::GateFailed => pb::StageState::GateFailed,
+        StageState::Skipped => pb::StageState::Skipped,
+    }
+}
+
+pub fn run_state(s: RunState) -> pb::RunState {
+    match s {
+        RunState::Running => pb::RunState::Running,
+        RunState::Succeeded => pb::RunState::Succeeded,
+        RunState::Failed => pb::RunState::Failed,
+        RunState::Cancelled => pb::RunState::Cancelled,
+    }
+}
+
+fn kind(k: RunKind) -> String {
+    match k {
+        RunKind::Release => "release".into(),
+        RunKind::Rollback => "rollback".into(),
+    }
+}
+
+pub fn result_to_pb(r: &StageResult) -> pb::StageResult {
+    pb::StageResult {
+        exit_code: r.exit_code,
+        duration_ms: r.duration_ms,
+        tests: r.tests.as_ref().map(|t| pb::TestCounts {
+            total: t.total,
+            passed: t.passed,
+            failed: t.failed,
+            errors: t.errors,
+            skipped: t.skipped,
+        }),
+        metrics: r.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        cancelled: r.cancelled,
+        errors: r.errors.clone(),
+    }
+}
+
+pub fn result_from_pb(r: pb::StageResult) -> StageResult {
+    StageResult {
+        exit_code: r.exit_code,
+        duration_ms: r.duration_ms,
+        tests: r.tests.map(|t| TestCounts {
+            total: t.total,
+            passed: t.passed,
+            failed: t.failed,
+            errors: t.errors,
+            skipped: t.skipped,
+        }),
+        metrics: r.metrics.into_iter().collect(),
+        cancelled: r.cancelled,
+        errors: r.errors,
+    }
+}
+
+fn attempt(a: &Attempt) -> pb::Attempt {
+    pb::Attempt {
+        number: a.number,
+        agent: a.agent.clone(),
+        assigned_ms: a.assigned_ms,
+        started_ms: a.started_ms,
+        finished_ms: a.finished_ms,
+        lease_until_ms: a.lease_until_ms,
+        result: a.result.as_ref().map(result_to_pb),
+        end_reason: a.end_reason.clone(),
+    }
+}
+
+fn stage(st: &State, run: &state::Run, s: &Stage) -> pb::Stage {
+    let spec = st.stage_spec(run, &s.name);
+    pb::Stage {
+        name: s.name.clone(),
+        state: stage_state(s.state) as i32,
+        attempts: s.attempts.iter().map(attempt).collect(),
+        reason: s.reason.clone(),
+        gate: s.gate.as_ref().map(|g| pb::GateDecision {
+            outcome: g.outcome.as_str().into(),
+            reasons: g.reasons.clone(),
+            at_ms: g.at_ms,
+        }),
+        approvals: s
+            .approvals
+            .iter()
+            .map(|a| pb::Approval {
+                identity: a.identity.clone(),
+                approved: a.approved,
+                comment: a.comment.clone(),
+                at_ms: a.at_ms,
+            })
+            .collect(),
+        environment: spec
+            .and_then(|sp| sp.environment.clone())
+            .unwrap_or_default(),
+        needs: spec.map(|sp| sp.needs.clone()).unwrap_or_default(),
+    }
+}
+
+pub fn run(st: &State, r: &state::Run) -> pb::Run {
+    pb::Run {
+        id: r.id.clone(),
+        pipeline: r.pipeline.clone(),
+        pipeline_version: r.pipeline_version,
+        revision: r.revision.clone(),
+        trigger: r.trigger.clone(),
+        state: run_state(r.state) as i32,
+        created_ms: r.created_ms,
+        finished_ms: r.finished_ms,
+        stages: r.stages.iter().map(|s| stage(st, r, s)).collect(),
+        params: r.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        kind: kind(r.kind),
+        reason: r.reason.clone(),
+    }
+}
+
+pub fn deployment(d: &Deployment) -> pb::Deployment {
+    pb::Deployment {
+        id: d.id,
+        environment: d.environment.clone(),
+        run_id: d.run_id.clone(),
+        pipeline: d.pipeline.clone(),
+        revision: d.revision.clone(),
+        stage: d.stage.clone(),
+        status: d.status.as_str().into(),
+        started_ms: d.started_ms,
+        finished_ms: d.finished_ms,
+        metrics: d.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        kind: kind(d.kind),
+        restores: d.restores,
+    }
+}
+
+pub fn pipeline(p: &state::Pipeline, v: &state::PipelineVersion) -> pb::Pipeline {
+    pb::Pipeline {
+        name: p.name.clone(),
+        version: v.version,
+        spec_yaml: v.spec_yaml.clone(),
+        file_name: v.file_name.clone(),
+        created_ms: v.created_ms,
+        stage_names: v.spec.stages.iter().map(|s| s.name.clone()).collect(),
+    }
+}
+
+/// The assignment an agent receives for a live attempt: everything it needs to run the stage
+/// without asking again. Env precedence: pipeline `env`, then stage `env`, then run params.
+pub fn assignment(st: &State, run_id: &str, stage_name: &str, n: u32) -> Option<pb::Assignment> {
+    let run = st.runs.get(run_id)?;
+    let stage = run.stage(stage_name)?;
+    let a = stage.attempts.iter().find(|a| a.number == n)?;
+    let spec = st.stage_spec(run, stage_name)?;
+    let pipeline_spec = st
+        .pipelines
+        .get(&run.pipeline)?
+        .version(run.pipeline_version)
+        .map(|v| &v.spec);
+    let mut env: HashMap<String, String> = HashMap::new();
+    if let Some(p) = pipeline_spec {
+        env.extend(p.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(run.params.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Some(pb::Assignment {
+        attempt: Some(pb::AttemptRef {
+            run_id: run.id.clone(),
+            stage: stage_name.to_string(),
+            attempt: n,
+        }),
+        pipeline: run.pipeline.clone(),
+        revision: run.revision.clone(),
+        command: spec.run.clone(),
+        env,
+        timeout_ms: spec.timeout_ms.unwrap_or(0),
+        lease_until_ms: a.lease_until_ms,
+        reports: Some(pb::Reports {
+            junit: spec.reports.junit.clone().unwrap_or_default(),
+            metrics: spec.reports.metrics.clone().unwrap_or_default(),
+        }),
+        source_path: pipeline_spec
+            .and_then(|p| p.source.as_ref())
+            .map(|s| s.path.clone())
+            .unwrap_or_default(),
+        environment: spec.environment.clone().unwrap_or_default(),
+        image: spec.image.clone().unwrap_or_default(),
+    })
+}

@@ -1,0 +1,118 @@
+//! gRPC services: the operator API, the agent API, health and reflection, all on one
+//! mutual-TLS listener. Handlers turn requests into commands and read applied state; nothing
+//! below this folder sees a tonic type.
+
+mod agent;
+mod control;
+pub mod convert;
+mod identity;
+mod sessions;
+pub mod status;
+
+use std::time::Duration;
+
+use cd_common::tls::TlsPaths;
+use cd_proto::v1::agent_service_server::AgentServiceServer;
+use cd_proto::v1::control_service_server::ControlServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+pub use sessions::Sessions;
+
+use crate::raft::RaftHandle;
+
+/// Bounds on what one request may carry; each error names the limit it hit.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_spec: usize,
+    pub max_log_chunk: usize,
+    pub max_chunks_per_push: usize,
+    pub max_metrics: usize,
+    pub max_params: usize,
+    /// Largest decoded gRPC message.
+    pub max_message: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_spec: cd_common::spec::MAX_SPEC_BYTES,
+            max_log_chunk: 1024 * 1024,
+            max_chunks_per_push: 1024,
+            max_metrics: 1000,
+            max_params: 64 * 1024,
+            max_message: 16 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// How long an assignment lives without a heartbeat.
+    pub lease: Duration,
+    pub limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Tls(#[from] cd_common::tls::TlsError),
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(String),
+}
+
+/// Serves every service on `listener` until `shutdown` fires.
+pub async fn serve(
+    listener: TcpListener,
+    tls: &TlsPaths,
+    node: RaftHandle,
+    sessions: Sessions,
+    cfg: ApiConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let tls = cd_common::tls::server_tls(tls)?;
+    let max = cfg.limits.max_message;
+    let control = control::ControlApi {
+        node: node.clone(),
+        sessions: sessions.clone(),
+        cfg: cfg.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let agents = agent::AgentApi {
+        node,
+        sessions,
+        cfg,
+        shutdown: shutdown.clone(),
+    };
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<ControlServiceServer<control::ControlApi>>()
+        .await;
+    health_reporter
+        .set_serving::<AgentServiceServer<agent::AgentApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(cd_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(cd_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(ControlServiceServer::new(control).max_decoding_message_size(max))
+        .add_service(AgentServiceServer::new(agents).max_decoding_message_size(max))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! Assembles one coordinator: storage, the Raft node, the scheduler and the gRPC API, started
+//! on a bound listener and stopped by one shutdown token (STYLE.md, "Shape of the code").
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cd_common::tls::TlsPaths;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span};
+
+use crate::api::{self, ApiConfig, Limits, Sessions};
+use crate::raft::{NoPeers, NodeConfig, NodeError, RaftHandle, start_node};
+use crate::scheduler::{self, SchedulerConfig};
+use crate::store::{SledEngine, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    pub tls: TlsPaths,
+    pub lease: Duration,
+    pub snapshot_every: u64,
+    pub limits: Limits,
+}
+
+impl CoordinatorConfig {
+    pub fn new(data_dir: PathBuf, tls: TlsPaths) -> Self {
+        CoordinatorConfig {
+            node_id: 1,
+            data_dir,
+            tls,
+            lease: Duration::from_secs(10),
+            snapshot_every: 10_000,
+            limits: Limits::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error("data dir: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error(transparent)]
+    Serve(#[from] api::ServeError),
+    #[error("raft task panicked: {0}")]
+    Join(String),
+}
+
+/// A started coordinator; `wait` returns when it has stopped.
+pub struct Coordinator {
+    pub node: RaftHandle,
+    task: tokio::task::JoinHandle<Result<(), CoordinatorError>>,
+}
+
+impl Coordinator {
+    /// Starts every part; the API serves on `listener` until `shutdown` fires.
+    pub fn start(
+        cfg: CoordinatorConfig,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<Coordinator, CoordinatorError> {
+        let engine = Arc::new(SledEngine::open(&cfg.data_dir.join("sled"))?);
+        let mut node_cfg = NodeConfig::single(cfg.node_id);
+        node_cfg.snapshot_every = cfg.snapshot_every;
+        let node_stop = CancellationToken::new();
+        let (node, node_task) = start_node(node_cfg, engine, NoPeers, node_stop.clone())?;
+        let sessions = Sessions::default();
+        let sched = tokio::spawn(
+            scheduler::run(
+                node.clone(),
+                sessions.clone(),
+                SchedulerConfig {
+                    lease: cfg.lease,
+                    tick: Duration::from_millis(250),
+                },
+                shutdown.clone(),
+            )
+            .instrument(info_span!("scheduler")),
+        );
+        let api_cfg = ApiConfig {
+            lease: cfg.lease,
+            limits: cfg.limits.clone(),
+        };
+        let handle = node.clone();
+        let task = tokio::spawn(async move {
+            let served = api::serve(listener, &cfg.tls, handle, sessions, api_cfg, shutdown.clone()).await;
+            // The API is down (or failed to start): stop the rest, the node last so it can
+            // write its final snapshot.
+            shutdown.cancel();
+            let _ = sched.await;
+            node_stop.cancel();
+            let node_result = node_task
+                .await
+                .map_err(|e| CoordinatorError::Join(e.to_string()))?;
+            served?;
+            node_result?;
+            info!("coordinator stopped");
+            Ok(())
+        });
+        Ok(Coordinator { node, task })
+    }
+
+    pub async fn wait(self) -> Result<(), CoordinatorError> {
+        self.task
+            .await
+            .map_err(|e| CoordinatorError::Join(e.to_string()))?
+    }
+}

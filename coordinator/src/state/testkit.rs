@@ -1,0 +1,156 @@
+//! Helpers shared by the state machine's unit and property tests.
+
+use std::collections::BTreeMap;
+
+use cd_common::spec::*;
+
+use super::command::*;
+use super::{Applied, Outcome, State, apply};
+
+pub fn stage(name: &str, needs: &[&str]) -> StageSpec {
+    StageSpec {
+        name: name.into(),
+        run: format!("echo {name}"),
+        needs: needs.iter().map(|s| s.to_string()).collect(),
+        labels: vec![],
+        image: None,
+        env: BTreeMap::new(),
+        timeout_ms: None,
+        retries: 0,
+        environment: None,
+        reports: ReportsSpec::default(),
+        gate: None,
+        rollback: None,
+        on_failure: OnFailure::Fail,
+        artifacts: vec![],
+    }
+}
+
+/// build -> acceptance -> deploy (production, gated on accuracy) -> monitor (rollback).
+pub fn ml_pipeline(approvals: u32) -> PipelineSpec {
+    let mut acceptance = stage("acceptance", &["build"]);
+    acceptance.reports.metrics = Some("metrics.json".into());
+    let mut deploy = stage("deploy", &["acceptance"]);
+    deploy.environment = Some("production".into());
+    deploy.rollback = Some("./deploy.sh --rollback".into());
+    deploy.gate = Some(GateSpec {
+        tests: None,
+        metrics: vec![MetricGate {
+            name: "accuracy".into(),
+            from: "acceptance".into(),
+            min: Some(0.9),
+            max: None,
+            max_regression: Some(0.02),
+        }],
+        approvals,
+    });
+    let mut monitor = stage("monitor", &["deploy"]);
+    monitor.on_failure = OnFailure::Rollback;
+    PipelineSpec {
+        name: "ml".into(),
+        source: None,
+        env: BTreeMap::new(),
+        stages: vec![stage("build", &[]), acceptance, deploy, monitor],
+    }
+}
+
+pub struct Kit {
+    pub state: State,
+    pub index: u64,
+    pub now: i64,
+}
+
+impl Kit {
+    pub fn new(spec: &PipelineSpec) -> Kit {
+        let mut k = Kit {
+            state: State::default(),
+            index: 0,
+            now: 1_000,
+        };
+        k.ok(Kind::ApplyPipeline(ApplyPipeline {
+            name: spec.name.clone(),
+            spec_yaml: "yaml".into(),
+            file_name: "p.yaml".into(),
+            spec_json: serde_json::to_string(spec).expect("spec serialises"),
+        }));
+        for a in ["a1", "a2"] {
+            k.ok(Kind::RegisterAgent(RegisterAgent {
+                name: a.into(),
+                labels: vec![],
+                slots: 4,
+                version: "t".into(),
+            }));
+        }
+        k
+    }
+
+    pub fn apply(&mut self, kind: Kind) -> Applied {
+        self.index += 1;
+        self.now += 10;
+        apply(&mut self.state, &Command::new(self.now, kind), self.index)
+    }
+
+    pub fn ok(&mut self, kind: Kind) -> Outcome {
+        let a = self.apply(kind);
+        match a.result {
+            Ok(o) => o,
+            Err(e) => panic!("command refused: {e}"),
+        }
+    }
+
+    pub fn start_run(&mut self, pipeline: &str) -> String {
+        match self.ok(Kind::StartRun(StartRun {
+            pipeline: pipeline.into(),
+            revision: "r".into(),
+            params: BTreeMap::new(),
+            trigger: String::new(),
+        })) {
+            Outcome::Run(id) => id,
+            o => panic!("unexpected {o:?}"),
+        }
+    }
+
+    pub fn key(run: &str, stage: &str, attempt: u32, agent: &str) -> AttemptKey {
+        AttemptKey {
+            run_id: run.into(),
+            stage: stage.into(),
+            attempt,
+            agent: agent.into(),
+        }
+    }
+
+    /// Assigns the stage's next attempt to `agent`, starts it and reports `result`.
+    pub fn run_stage(&mut self, run: &str, stage: &str, agent: &str, result: StageResult) -> u32 {
+        let attempt = self.state.runs[run].stage(stage).map_or(0, |s| s.attempts.len()) as u32 + 1;
+        self.ok(Kind::AssignStage(AssignStage {
+            run_id: run.into(),
+            stage: stage.into(),
+            attempt,
+            agent: agent.into(),
+            lease_until_ms: self.now + 10_000,
+        }));
+        self.ok(Kind::StartAttempt(Self::key(run, stage, attempt, agent)));
+        self.ok(Kind::ReportResult(ReportResult {
+            key: Some(Self::key(run, stage, attempt, agent)),
+            result: Some(result),
+        }));
+        attempt
+    }
+}
+
+pub fn exit(code: i32) -> StageResult {
+    StageResult {
+        exit_code: code,
+        duration_ms: 5,
+        tests: None,
+        metrics: BTreeMap::new(),
+        cancelled: false,
+        errors: vec![],
+    }
+}
+
+pub fn with_accuracy(acc: f64) -> StageResult {
+    let mut r = exit(0);
+    r.metrics.insert("accuracy".into(), acc);
+    r
+}

@@ -1,0 +1,348 @@
+//! The Raft log, HardState, ConfState and the latest state-machine snapshot, implementing
+//! `raft::Storage` over an `Engine`. raft-rs calls `Storage` through `&self`, so the indexes it
+//! asks for most are cached behind a lock and only changed after a successful write.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+
+use super::{Batch, Engine, Result, StoreError, Tree};
+
+const HARD_STATE: &[u8] = b"hardstate";
+const CONF_STATE: &[u8] = b"confstate";
+const SNAPSHOT: &[u8] = b"snapshot";
+
+/// A state-machine snapshot with the Raft position it was taken at.
+pub type SavedSnapshot = Snapshot;
+
+#[derive(Default)]
+struct Cache {
+    hs: HardState,
+    cs: ConfState,
+    snap_index: u64,
+    snap_term: u64,
+    last_index: u64,
+}
+
+pub struct RaftStore {
+    engine: Arc<dyn Engine>,
+    cache: RwLock<Cache>,
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        what: what.to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn decode<M: protobuf::Message>(what: &str, bytes: &[u8]) -> Result<M> {
+    M::parse_from_bytes(bytes).map_err(|e| corrupt(what, e))
+}
+
+fn encode<M: protobuf::Message>(m: &M) -> Result<Vec<u8>> {
+    m.write_to_bytes().map_err(|e| corrupt("encode", e))
+}
+
+impl RaftStore {
+    /// Opens the log. A store that was never initialised gets `voters` as its first
+    /// configuration (etcd-style static bootstrap); pass none to join an existing cluster.
+    pub fn open(engine: Arc<dyn Engine>, voters: &[u64]) -> Result<Self> {
+        let mut c = Cache::default();
+        if let Some(b) = engine.get(Tree::Meta, HARD_STATE)? {
+            c.hs = decode("hardstate", &b)?;
+        }
+        if let Some(b) = engine.get(Tree::Meta, CONF_STATE)? {
+            c.cs = decode("confstate", &b)?;
+        }
+        if let Some(b) = engine.get(Tree::Meta, SNAPSHOT)? {
+            let snap: Snapshot = decode("snapshot", &b)?;
+            c.snap_index = snap.get_metadata().index;
+            c.snap_term = snap.get_metadata().term;
+        }
+        c.last_index = c.snap_index;
+        if let Some((k, _)) = last_entry_key(engine.as_ref())? {
+            c.last_index = k;
+        }
+        let fresh = c.cs.voters.is_empty() && c.hs == HardState::default() && c.last_index == 0;
+        if fresh && !voters.is_empty() {
+            c.cs.voters = voters.to_vec();
+            let mut b = Batch::default();
+            b.put(Tree::Meta, CONF_STATE, encode(&c.cs)?);
+            engine.write(b)?;
+            engine.sync()?;
+        }
+        Ok(RaftStore {
+            engine,
+            cache: RwLock::new(c),
+        })
+    }
+
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    fn cache(&self) -> RwLockReadGuard<'_, Cache> {
+        self.cache.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn cache_mut(&self) -> std::sync::RwLockWriteGuard<'_, Cache> {
+        self.cache.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn hard_state(&self) -> HardState {
+        self.cache().hs.clone()
+    }
+
+    pub fn conf_state(&self) -> ConfState {
+        self.cache().cs.clone()
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.cache().last_index
+    }
+
+    /// Appends entries (replacing any conflicting suffix) and the HardState in one batch, then
+    /// makes it durable. Nothing may be acknowledged before this returns.
+    pub fn persist(&self, entries: &[Entry], hs: Option<&HardState>) -> Result<()> {
+        if entries.is_empty() && hs.is_none() {
+            return Ok(());
+        }
+        let mut b = Batch::default();
+        let old_last = self.last_index();
+        if let Some(last) = entries.last() {
+            for idx in (last.index + 1)..=old_last {
+                b.delete(Tree::RaftLog, &idx.to_be_bytes());
+            }
+            for e in entries {
+                b.put(Tree::RaftLog, &e.index.to_be_bytes(), encode(e)?);
+            }
+        }
+        if let Some(hs) = hs {
+            b.put(Tree::Meta, HARD_STATE, encode(hs)?);
+        }
+        self.engine.write(b)?;
+        self.engine.sync()?;
+        let mut c = self.cache_mut();
+        if let Some(last) = entries.last() {
+            c.last_index = last.index;
+        }
+        if let Some(hs) = hs {
+            c.hs = hs.clone();
+        }
+        Ok(())
+    }
+
+    /// Records a newer commit index (from a light ready). Not synced: a lost commit index is
+    /// recomputed by Raft, and the entries themselves are already durable.
+    pub fn set_commit(&self, commit: u64) -> Result<()> {
+        let mut hs = self.hard_state();
+        if commit <= hs.commit {
+            return Ok(());
+        }
+        hs.commit = commit;
+        let mut b = Batch::default();
+        b.put(Tree::Meta, HARD_STATE, encode(&hs)?);
+        self.engine.write(b)?;
+        self.cache_mut().hs = hs;
+        Ok(())
+    }
+
+    pub fn set_conf_state(&self, cs: &ConfState) -> Result<()> {
+        let mut b = Batch::default();
+        b.put(Tree::Meta, CONF_STATE, encode(cs)?);
+        self.engine.write(b)?;
+        self.engine.sync()?;
+        self.cache_mut().cs = cs.clone();
+        Ok(())
+    }
+
+    /// The latest state-machine snapshot, if one was taken.
+    pub fn load_snapshot(&self) -> Result<Option<SavedSnapshot>> {
+        self.engine
+            .get(Tree::Meta, SNAPSHOT)?
+            .map(|b| decode("snapshot", &b))
+            .transpose()
+    }
+
+    /// Stores a snapshot durably (with all bulk data written before it), then drops the log
+    /// entries it covers. `extra` is written in the same batch.
+    pub fn save_snapshot(&self, snap: &SavedSnapshot, extra: Batch) -> Result<()> {
+        let meta = snap.get_metadata();
+        let (index, term) = (meta.index, meta.term);
+        let mut b = extra;
+        b.put(Tree::Meta, SNAPSHOT, encode(snap)?);
+        b.put(Tree::Meta, CONF_STATE, encode(meta.get_conf_state())?);
+        self.engine.write(b)?;
+        self.engine.sync()?;
+        let first = self.cache().snap_index + 1;
+        {
+            let mut c = self.cache_mut();
+            c.snap_index = index;
+            c.snap_term = term;
+            c.cs = meta.get_conf_state().clone();
+            if c.last_index < index {
+                c.last_index = index;
+            }
+        }
+        let mut del = Batch::default();
+        for idx in first..=index {
+            del.delete(Tree::RaftLog, &idx.to_be_bytes());
+        }
+        // Compaction need not be durable: leftover entries below the snapshot are ignored.
+        self.engine.write(del)
+    }
+
+    fn entry(&self, idx: u64) -> Result<Option<Entry>> {
+        self.engine
+            .get(Tree::RaftLog, &idx.to_be_bytes())?
+            .map(|b| decode("entry", &b))
+            .transpose()
+    }
+}
+
+fn last_entry_key(engine: &dyn Engine) -> Result<Option<(u64, Vec<u8>)>> {
+    // Entries are few after compaction; scanning from the start keeps the Engine trait small.
+    let rows = engine.scan(Tree::RaftLog, &[], None, usize::MAX)?;
+    Ok(rows.into_iter().last().and_then(|(k, v)| {
+        let idx = u64::from_be_bytes(k.as_slice().try_into().ok()?);
+        Some((idx, v))
+    }))
+}
+
+fn store_err(e: StoreError) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
+impl raft::Storage for RaftStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let c = self.cache();
+        Ok(RaftState::new(c.hs.clone(), c.cs.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let (first, last) = {
+            let c = self.cache();
+            (c.snap_index + 1, c.last_index)
+        };
+        if low < first {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > last + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let rows = self
+            .engine
+            .scan(
+                Tree::RaftLog,
+                &low.to_be_bytes(),
+                Some(&high.to_be_bytes()),
+                (high - low) as usize,
+            )
+            .map_err(store_err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (_, v) in rows {
+            out.push(decode::<Entry>("entry", &v).map_err(store_err)?);
+        }
+        raft::util::limit_size(&mut out, max_size.into());
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let (snap_index, snap_term, last) = {
+            let c = self.cache();
+            (c.snap_index, c.snap_term, c.last_index)
+        };
+        if idx == snap_index {
+            return Ok(snap_term);
+        }
+        if idx < snap_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > last {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        match self.entry(idx).map_err(store_err)? {
+            Some(e) => Ok(e.term),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.cache().snap_index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.cache().last_index)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        match self.load_snapshot().map_err(store_err)? {
+            Some(s) if s.get_metadata().index >= request_index => Ok(s),
+            _ => Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemEngine;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = vec![index as u8].into();
+        e
+    }
+
+    #[test]
+    fn bootstrap_sets_voters_once() {
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::default());
+        let s = RaftStore::open(engine.clone(), &[1]).unwrap();
+        assert_eq!(s.conf_state().voters, vec![1]);
+        s.persist(&[entry(1, 1)], None).unwrap();
+        let s = RaftStore::open(engine, &[7]).unwrap();
+        assert_eq!(s.conf_state().voters, vec![1], "reopen must not re-bootstrap");
+    }
+
+    #[test]
+    fn persist_replaces_conflicting_suffix_and_compacts() {
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::default());
+        let s = RaftStore::open(engine.clone(), &[1]).unwrap();
+        s.persist(&[entry(1, 1), entry(2, 1), entry(3, 1)], None).unwrap();
+        s.persist(&[entry(2, 2)], None).unwrap();
+        assert_eq!(s.last_index(), 2);
+        assert_eq!(s.term(2).unwrap(), 2);
+        assert!(s.term(3).is_err());
+        let got = s.entries(1, 3, None, GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(got.iter().map(|e| e.term).collect::<Vec<_>>(), vec![1, 2]);
+
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 2;
+        snap.mut_metadata().term = 2;
+        snap.data = b"state".to_vec().into();
+        s.save_snapshot(&snap, Batch::default()).unwrap();
+        assert_eq!(s.first_index().unwrap(), 3);
+        assert_eq!(s.term(2).unwrap(), 2);
+        assert!(matches!(
+            s.entries(1, 3, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        let reopened = RaftStore::open(engine, &[]).unwrap();
+        assert_eq!(reopened.first_index().unwrap(), 3);
+        assert_eq!(reopened.last_index(), 2);
+        assert_eq!(reopened.snapshot(2, 0).unwrap().data.as_ref(), b"state");
+    }
+}
