@@ -3,6 +3,7 @@
 
 pub mod certs;
 pub mod duration;
+pub mod names;
 pub mod spec;
 pub mod telemetry;
 pub mod time;

@@ -51,12 +51,11 @@ fn dev_certs(dir: &Path) -> anyhow::Result<(TlsPaths, TlsPaths, TlsPaths)> {
         certs::init_ca(dir, certs::DEFAULT_TRUST_DOMAIN).context("creating the dev CA")?;
     }
     let make = |role: Role, name: &str| -> anyhow::Result<TlsPaths> {
-        let cert = dir.join(format!("{name}.pem"));
-        let key = dir.join(format!("{name}-key.pem"));
-        if !cert.exists() {
+        let paths = TlsPaths::in_dir(dir, name);
+        if !paths.cert.exists() {
             certs::issue(dir, dir, role, name, &[], 365).with_context(|| format!("issuing {name}"))?;
         }
-        Ok(TlsPaths { ca: ca.clone(), cert, key })
+        Ok(paths)
     };
     Ok((
         make(Role::Coordinator, "node-1")?,
@@ -76,9 +75,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
     let cert_dir = data_dir.join("certs");
     std::fs::create_dir_all(&cert_dir)?;
     let (node_tls, agent_tls, op_tls) = dev_certs(&cert_dir)?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (try --listen 127.0.0.1:0)", args.listen))?;
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let any = SocketAddr::new(args.listen.ip(), 0);
+            eprintln!("{} is in use; listening on a free port instead", args.listen);
+            tokio::net::TcpListener::bind(any)
+                .await
+                .with_context(|| format!("cannot listen on {any}"))?
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot listen on {}", args.listen)),
+    };
     let addr = listener.local_addr()?;
     let endpoint = format!("https://{addr}");
     let shutdown = crate::shutdown_on_signals();

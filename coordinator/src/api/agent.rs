@@ -30,18 +30,9 @@ pub struct AgentApi {
 type MsgStream = Pin<Box<dyn Stream<Item = Result<pb::AgentMessage, Status>> + Send>>;
 
 fn valid_name(field: &str, name: &str) -> Result<(), Status> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(
-            field,
-            format!("{name:?} must be 1-128 characters of A-Z a-z 0-9 - _ ."),
-        ))
+    match cd_common::names::name_problem(name) {
+        None => Ok(()),
+        Some(problem) => Err(invalid(field, problem)),
     }
 }
 

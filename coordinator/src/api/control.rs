@@ -35,12 +35,6 @@ const MAX_PAGE: usize = 1000;
 /// Log chunks read from the store per batch while streaming.
 const LOG_READ_BATCH: usize = 256;
 
-fn is_env_name(k: &str) -> bool {
-    let mut c = k.chars();
-    c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
-        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
-}
-
 impl ControlApi {
     fn run_pb(&self, id: &str) -> Result<pb::Run, Status> {
         self.node
@@ -139,7 +133,7 @@ impl ControlService for ControlApi {
         if r.revision.len() > 256 || r.revision.chars().any(char::is_control) {
             return Err(invalid("revision", "at most 256 printable characters"));
         }
-        if let Some(k) = r.params.keys().find(|k| !is_env_name(k)) {
+        if let Some(k) = r.params.keys().find(|k| !cd_common::names::is_valid_env_name(k)) {
             return Err(invalid("params", format!("{k:?} is not a valid environment variable name")));
         }
         let size: usize = r.params.iter().map(|(k, v)| k.len() + v.len()).sum();

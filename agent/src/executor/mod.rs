@@ -1,0 +1,151 @@
+//! The executor abstraction: how a stage's command is run. One trait, several backends: host
+//! processes ([`process::ProcessExecutor`]) now, Docker containers in a later issue.
+//!
+//! Lifecycle of one attempt, driven by `stage.rs`:
+//!
+//! 1. [`Executor::prepare`] makes a fresh workspace and copies the source into it;
+//! 2. [`Executor::start`] starts the command and returns an [`Execution`];
+//! 3. [`Execution::take_output`] gives the stream of output pieces, and
+//!    [`Execution::wait`] waits for the end, honouring the attempt's cancellation token;
+//! 4. [`Executor::destroy`] removes the workspace.
+
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::AttemptKey;
+
+/// What an executor needs to know about one attempt.
+#[derive(Debug, Clone)]
+pub struct StageSpec {
+    pub key: AttemptKey,
+    /// Shell script run with `sh -c`.
+    pub command: String,
+    /// The complete set of variables the stage adds to the environment (assignment env plus the
+    /// `CD_*` variables).
+    pub env: BTreeMap<String, String>,
+    /// Directory copied into the workspace before the command runs.
+    pub source: Option<PathBuf>,
+    /// Container image; empty for a host process.
+    pub image: String,
+}
+
+/// A prepared workspace directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workspace {
+    path: PathBuf,
+}
+
+impl Workspace {
+    pub fn new(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Which pipe a piece of output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// Whole lines of one stream (or a partial final line, or a slice of an over-long line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputPiece {
+    pub stream: OutputStream,
+    pub data: Vec<u8>,
+}
+
+/// How the command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    /// Exit status when it exited by itself.
+    pub code: Option<i32>,
+    /// Signal number when a signal ended it.
+    pub signal: Option<i32>,
+    /// Whether the executor stopped it because the cancellation token fired.
+    pub terminated: bool,
+}
+
+impl Exit {
+    /// The number reported as `exit_code`: the status, `128 + signal` for a crash, and -1 when
+    /// the agent stopped the command.
+    pub fn exit_code(&self) -> i32 {
+        if self.terminated {
+            return -1;
+        }
+        match (self.code, self.signal) {
+            (Some(code), _) => code,
+            (None, Some(signal)) => 128 + signal,
+            (None, None) => -1,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("cannot prepare workspace {path}: {message}")]
+    Workspace { path: PathBuf, message: String },
+    #[error("cannot copy source {source_dir} into the workspace: {message}")]
+    CopySource { source_dir: PathBuf, message: String },
+    #[error("cannot start `sh -c`: {0}")]
+    Spawn(std::io::Error),
+    #[error("waiting for the command failed: {0}")]
+    Wait(std::io::Error),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Runs stages. One executor value is shared by every stage task of the agent.
+///
+/// Concurrency contract:
+/// - `Send + Sync`, all methods take `&self`: many attempts are prepared, started and destroyed
+///   concurrently, each in its own workspace; an implementation keeps no per-attempt state
+///   in `self` that would make two attempts interfere.
+/// - For one attempt the calls are sequential: `prepare`, then at most one `start`, then
+///   `destroy` exactly once for every workspace `prepare` returned (also after a failed start).
+/// - The [`Execution`] is owned by the one stage task; its output must be drained while `wait`
+///   runs (the output channel is bounded, and a command blocked on a full pipe never exits).
+pub trait Executor: Send + Sync + 'static {
+    /// Backend name for logs (`process`, `docker`).
+    fn name(&self) -> &'static str;
+
+    /// Creates a fresh, empty workspace for the attempt and copies `spec.source` into it.
+    fn prepare<'a>(&'a self, spec: &'a StageSpec) -> BoxFuture<'a, Result<Workspace, ExecError>>;
+
+    /// Starts the command in `workspace`. Returns once it runs; output flows from then on.
+    fn start<'a>(
+        &'a self,
+        spec: &'a StageSpec,
+        workspace: &'a Workspace,
+    ) -> BoxFuture<'a, Result<Box<dyn Execution>, ExecError>>;
+
+    /// Removes the workspace and anything the attempt left behind.
+    fn destroy(&self, workspace: Workspace) -> BoxFuture<'_, Result<(), ExecError>>;
+}
+
+/// A running command.
+pub trait Execution: Send {
+    /// The output, stdout and stderr merged, each stream in order. Returns `Some` once; the
+    /// channel closes when both streams are done (after `wait` has seen the end).
+    fn take_output(&mut self) -> Option<mpsc::Receiver<OutputPiece>>;
+
+    /// Waits for the command to end. When `cancel` fires first the whole command (every process
+    /// it started) gets SIGTERM, then SIGKILL if it has not ended after `grace`; this happens
+    /// once. Returns after the command and everything it started are gone.
+    fn wait(
+        self: Box<Self>,
+        cancel: CancellationToken,
+        grace: Duration,
+    ) -> BoxFuture<'static, Result<Exit, ExecError>>;
+}

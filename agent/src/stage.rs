@@ -1,0 +1,352 @@
+//! One attempt's lifecycle: wait for a slot, prepare the workspace, `StartAttempt`, run the
+//! command with its output going to the log, stop it when its token fires (cancel, stale,
+//! timeout, shutdown), read its reports, wait until the log is acknowledged, then report the
+//! result (retried until the coordinator takes or refuses it).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cd_proto::v1::{Assignment, StageResult};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::connection::{AgentApi, describe, is_refused};
+use crate::executor::{Executor, Exit, StageSpec, Workspace};
+use crate::logship::{AttemptLog, LogError, LogHandle};
+use crate::registry::{AttemptControl, AttemptKey, CancelReason, Registry};
+use crate::reports;
+use crate::util::Backoff;
+
+/// What every stage task shares.
+pub struct StageContext<A> {
+    pub api: Arc<A>,
+    pub logs: LogHandle,
+    pub executor: Arc<dyn Executor>,
+    pub registry: Arc<Registry>,
+    pub slots: Arc<Semaphore>,
+    pub agent: String,
+    pub kill_grace: Duration,
+}
+
+/// Runs one attempt to the end and reports it. `control` comes from [`Registry::try_begin`];
+/// the attempt is marked finished in the registry when this returns.
+pub async fn run_attempt<A: AgentApi>(
+    ctx: Arc<StageContext<A>>,
+    assignment: Assignment,
+    key: AttemptKey,
+    control: AttemptControl,
+) {
+    match ctx.logs.open(key.clone(), control.clone()).await {
+        Ok(log) => {
+            if let Some(result) = execute(&ctx, &assignment, &key, &control, &log).await {
+                deliver(&ctx, &key, result, log).await;
+            } else {
+                log.abandon().await;
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot open the attempt's log; not running it"),
+    }
+    ctx.registry.finish(&key);
+}
+
+/// Sends the result once every log chunk is acknowledged.
+async fn deliver<A: AgentApi>(
+    ctx: &StageContext<A>,
+    key: &AttemptKey,
+    result: StageResult,
+    log: AttemptLog,
+) {
+    match log.finish().await {
+        Ok(()) => report(ctx, key, result).await,
+        Err(LogError::Stale) => warn!("the coordinator dropped this attempt; result not reported"),
+        Err(e) => warn!(error = %e, "log not delivered; result not reported"),
+    }
+}
+
+async fn report<A: AgentApi>(ctx: &StageContext<A>, key: &AttemptKey, result: StageResult) {
+    let mut backoff = Backoff::standard();
+    loop {
+        match ctx.api.report_result(key.to_ref(), result.clone()).await {
+            Ok(()) => {
+                info!(
+                    exit_code = result.exit_code,
+                    cancelled = result.cancelled,
+                    duration_ms = result.duration_ms,
+                    "result reported"
+                );
+                return;
+            }
+            Err(status) if is_refused(&status) => {
+                warn!(error = %describe(&status), "the coordinator refused the result as stale; dropped");
+                return;
+            }
+            Err(status) => {
+                let delay = backoff.next_delay();
+                warn!(error = %describe(&status), retry_in = ?delay, "reporting the result failed");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+enum Started {
+    Yes,
+    Refused,
+    Cancelled,
+}
+
+/// `StartAttempt`, retried until it is accepted, refused as stale, or the attempt is cancelled.
+async fn start_attempt<A: AgentApi>(
+    ctx: &StageContext<A>,
+    key: &AttemptKey,
+    control: &AttemptControl,
+) -> Started {
+    let mut backoff = Backoff::standard();
+    loop {
+        match ctx.api.start_attempt(key.to_ref()).await {
+            Ok(()) => return Started::Yes,
+            Err(status) if is_refused(&status) => {
+                warn!(error = %describe(&status), "the coordinator refused to start this attempt; dropped");
+                return Started::Refused;
+            }
+            Err(status) => {
+                let delay = backoff.next_delay();
+                warn!(error = %describe(&status), retry_in = ?delay, "StartAttempt failed");
+                tokio::select! {
+                    _ = control.token().cancelled() => return Started::Cancelled,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Everything up to the result; `None` when the coordinator refused the attempt at start.
+async fn execute<A: AgentApi>(
+    ctx: &StageContext<A>,
+    assignment: &Assignment,
+    key: &AttemptKey,
+    control: &AttemptControl,
+    log: &AttemptLog,
+) -> Option<StageResult> {
+    let token = control.token();
+    let _slot = tokio::select! {
+        permit = ctx.slots.clone().acquire_owned() => permit.ok(),
+        _ = token.cancelled() => None,
+    };
+    let started = Instant::now();
+    let mut spec = stage_spec(assignment, key, &ctx.agent);
+    let prepared = if token.is_cancelled() {
+        None
+    } else {
+        Some(ctx.executor.prepare(&spec).await)
+    };
+    match start_attempt(ctx, key, control).await {
+        Started::Yes => {}
+        Started::Cancelled => {}
+        Started::Refused => {
+            if let Some(Ok(ws)) = prepared {
+                destroy(ctx, ws).await;
+            }
+            return None;
+        }
+    }
+    let ws = match prepared {
+        None => return Some(cancelled_result(control, log, started).await),
+        Some(Err(e)) => return Some(failure(log, started, e.to_string()).await),
+        Some(Ok(ws)) => ws,
+    };
+    if token.is_cancelled() {
+        destroy(ctx, ws).await;
+        return Some(cancelled_result(control, log, started).await);
+    }
+    spec.env.insert(
+        "CD_WORKSPACE".into(),
+        ws.path().to_string_lossy().into_owned(),
+    );
+    let result = run_command(ctx, assignment, &spec, &ws, control, log, started).await;
+    destroy(ctx, ws).await;
+    Some(result)
+}
+
+/// Runs the command in a prepared workspace and turns its end into a result.
+async fn run_command<A: AgentApi>(
+    ctx: &StageContext<A>,
+    assignment: &Assignment,
+    spec: &StageSpec,
+    ws: &Workspace,
+    control: &AttemptControl,
+    log: &AttemptLog,
+    started: Instant,
+) -> StageResult {
+    let mut execution = match ctx.executor.start(spec, ws).await {
+        Ok(execution) => execution,
+        Err(e) => return failure(log, started, e.to_string()).await,
+    };
+    info!(executor = ctx.executor.name(), "command started");
+    let timer = (assignment.timeout_ms > 0).then(|| {
+        let (control, ms) = (control.clone(), assignment.timeout_ms);
+        tokio::spawn(
+            async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(ms)) => control.cancel(CancelReason::Timeout(ms)),
+                    _ = control.token().cancelled() => {}
+                }
+            }
+            .in_current_span(),
+        )
+    });
+    let output = execution.take_output();
+    let pump = async {
+        let Some(mut output) = output else { return };
+        while let Some(piece) = output.recv().await {
+            // A stopped shipper only happens at shutdown; keep draining so the command can end.
+            let _ = log.write(piece.data).await;
+        }
+    };
+    let (exit, ()) = tokio::join!(
+        execution.wait(control.token().clone(), ctx.kill_grace),
+        pump
+    );
+    if let Some(timer) = timer {
+        timer.abort();
+    }
+    let exit = match exit {
+        Ok(exit) => exit,
+        Err(e) => return failure(log, started, e.to_string()).await,
+    };
+    debug!(?exit, "command ended");
+    if exit.terminated {
+        return stopped_result(control, log, started).await;
+    }
+    let mut result = StageResult {
+        exit_code: exit.exit_code(),
+        duration_ms: elapsed_ms(started),
+        ..Default::default()
+    };
+    add_reports(&mut result, assignment, ws, log).await;
+    log_exit(log, &exit).await;
+    result
+}
+
+async fn add_reports(
+    result: &mut StageResult,
+    assignment: &Assignment,
+    ws: &Workspace,
+    log: &AttemptLog,
+) {
+    let Some(declared) = assignment.reports.clone() else {
+        return;
+    };
+    if declared.junit.is_empty() && declared.metrics.is_empty() {
+        return;
+    }
+    let path = ws.path().to_path_buf();
+    let parsed = tokio::task::spawn_blocking(move || {
+        reports::collect(&path, &declared.junit, &declared.metrics)
+    })
+    .await;
+    match parsed {
+        Ok(parsed) => {
+            for e in &parsed.errors {
+                log.note(e).await;
+            }
+            result.tests = parsed.tests;
+            result.metrics = parsed.metrics;
+            result.errors.extend(parsed.errors);
+        }
+        Err(e) => result.errors.push(format!("reading reports failed: {e}")),
+    }
+}
+
+async fn log_exit(log: &AttemptLog, exit: &Exit) {
+    if exit.exit_code() != 0 {
+        log.note(&format!("command exited with code {}", exit.exit_code()))
+            .await;
+    }
+}
+
+/// The result for a command the agent stopped: a timeout is a failure, anything else a cancel.
+async fn stopped_result(control: &AttemptControl, log: &AttemptLog, started: Instant) -> StageResult {
+    match control.reason() {
+        Some(reason @ CancelReason::Timeout(_)) => {
+            let message = reason.to_string();
+            log.note(&message).await;
+            StageResult {
+                exit_code: -1,
+                duration_ms: elapsed_ms(started),
+                errors: vec![message],
+                ..Default::default()
+            }
+        }
+        _ => cancelled_result(control, log, started).await,
+    }
+}
+
+async fn cancelled_result(control: &AttemptControl, log: &AttemptLog, started: Instant) -> StageResult {
+    let reason = control
+        .reason()
+        .map_or_else(|| "cancelled".to_string(), |r| r.to_string());
+    log.note(&format!("stage cancelled: {reason}")).await;
+    StageResult {
+        exit_code: -1,
+        duration_ms: elapsed_ms(started),
+        cancelled: true,
+        ..Default::default()
+    }
+}
+
+async fn failure(log: &AttemptLog, started: Instant, message: String) -> StageResult {
+    log.note(&message).await;
+    StageResult {
+        exit_code: -1,
+        duration_ms: elapsed_ms(started),
+        errors: vec![message],
+        ..Default::default()
+    }
+}
+
+async fn destroy<A>(ctx: &StageContext<A>, ws: Workspace) {
+    if let Err(e) = ctx.executor.destroy(ws).await {
+        warn!(error = %e, "cannot remove the workspace");
+    }
+}
+
+fn elapsed_ms(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The executor's view of an assignment: the assignment's env plus the `CD_*` variables (which
+/// win over assignment values of the same name). `CD_WORKSPACE` is added once it exists.
+pub fn stage_spec(assignment: &Assignment, key: &AttemptKey, agent: &str) -> StageSpec {
+    let mut env: BTreeMap<String, String> = assignment
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let vars = [
+        ("CD_RUN_ID", key.run_id.clone()),
+        ("CD_PIPELINE", assignment.pipeline.clone()),
+        ("CD_STAGE", key.stage.clone()),
+        ("CD_ATTEMPT", key.attempt.to_string()),
+        ("CD_REVISION", assignment.revision.clone()),
+        ("CD_ENVIRONMENT", assignment.environment.clone()),
+        ("CD_AGENT", agent.to_string()),
+    ];
+    for (name, value) in vars {
+        env.insert(name.to_string(), value);
+    }
+    StageSpec {
+        key: key.clone(),
+        command: assignment.command.clone(),
+        env,
+        source: (!assignment.source_path.is_empty()).then(|| assignment.source_path.clone().into()),
+        image: assignment.image.clone(),
+    }
+}
+
+#[cfg(test)]
+#[path = "stage_tests.rs"]
+mod tests;

@@ -1,0 +1,355 @@
+//! The connection to the cluster: endpoint lists, mutual TLS, timeouts and the leader retry.
+//!
+//! `--endpoint` may name several coordinators; [`Conn::connect`] tries them in order and keeps
+//! the first that connects. A follower answers writes with `UNAVAILABLE` and a `cd-leader`
+//! metadata entry holding the leader's URL; [`Conn::call`] then connects there and retries the
+//! call once, and keeps using the leader for later calls.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::anyhow;
+use cd_common::tls::{TlsError, TlsPaths, client_tls};
+use cd_proto::v1::control_service_client::ControlServiceClient;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{Code, Status};
+
+use crate::error::{StatusError, UsageError, one_line};
+
+/// The generated gRPC client over a connected channel.
+pub type Client = ControlServiceClient<Channel>;
+
+/// Metadata key a follower sets to the leader's URL on `UNAVAILABLE`.
+pub const LEADER_METADATA: &str = "cd-leader";
+
+/// Coordinator URLs in the order to try them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointList(pub Vec<String>);
+
+/// Normalises one endpoint: `host:port` becomes `https://host:port`; the scheme must be http
+/// or https and a host is required; a trailing `/` is dropped.
+pub fn parse_endpoint(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty endpoint".to_string());
+    }
+    let url = if text.contains("://") {
+        text.to_string()
+    } else {
+        format!("https://{text}")
+    };
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("`{text}` is not a valid URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("https") | Some("http") => {}
+        other => {
+            return Err(format!(
+                "`{text}` has scheme `{}`; use https:// (or http:// for a cluster without TLS)",
+                other.unwrap_or("")
+            ));
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("`{text}` has no host"));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(format!("`{text}` must not have a path"));
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
+/// Parses `--endpoint`: one URL or a comma-separated list (blanks around commas ignored).
+pub fn parse_endpoint_list(text: &str) -> Result<EndpointList, String> {
+    let endpoints = text
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(parse_endpoint)
+        .collect::<Result<Vec<_>, _>>()?;
+    if endpoints.is_empty() {
+        return Err("no endpoint given".to_string());
+    }
+    Ok(EndpointList(endpoints))
+}
+
+/// The host part of an endpoint URL, used as the TLS server name (`[::1]` becomes `::1`).
+pub fn tls_domain(endpoint: &str) -> Option<String> {
+    let uri: Uri = endpoint.parse().ok()?;
+    let host = uri.host()?;
+    Some(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+    )
+}
+
+/// Picks the TLS files: each of `--ca`, `--cert`, `--key` if given, else the default name in
+/// `--cert-dir` (`ca.pem`, `operator.pem`, `operator-key.pem`). The error names what is missing.
+pub fn resolve_tls(
+    ca: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    cert_dir: Option<&Path>,
+) -> Result<TlsPaths, String> {
+    let pick = |given: Option<&Path>, default: &str| -> Option<PathBuf> {
+        given
+            .map(Path::to_path_buf)
+            .or_else(|| cert_dir.map(|dir| dir.join(default)))
+    };
+    let ca = pick(ca, "ca.pem");
+    let cert = pick(cert, "operator.pem");
+    let key = pick(key, "operator-key.pem");
+    match (ca, cert, key) {
+        (Some(ca), Some(cert), Some(key)) => Ok(TlsPaths { ca, cert, key }),
+        (ca, cert, key) => {
+            let missing: Vec<&str> = [(ca, "--ca"), (cert, "--cert"), (key, "--key")]
+                .into_iter()
+                .filter(|(path, _)| path.is_none())
+                .map(|(_, flag)| flag)
+                .collect();
+            Err(format!(
+                "no TLS files given: pass {} (or CD_CA, CD_CERT, CD_KEY), or set CD_CERT_DIR",
+                missing.join(", ")
+            ))
+        }
+    }
+}
+
+/// How to reach the cluster.
+#[derive(Debug, Clone)]
+pub struct ConnectConfig {
+    pub endpoints: Vec<String>,
+    /// The TLS files, or why they are not known (an error only for https endpoints).
+    pub tls: Result<TlsPaths, String>,
+    /// Limit for connecting and for each unary call.
+    pub timeout: Duration,
+}
+
+/// Why one endpoint could not be used.
+enum ConnectFailure {
+    /// The TLS configuration itself is unusable: the same for every endpoint, so stop.
+    Config(anyhow::Error),
+    /// This endpoint did not answer or refused the handshake.
+    Transport(String),
+}
+
+/// A connected client plus what is needed to reconnect to a leader.
+pub struct Conn {
+    cfg: ConnectConfig,
+    endpoint: String,
+    client: Client,
+}
+
+impl Conn {
+    /// Connects to the first endpoint that answers, in list order.
+    pub async fn connect(cfg: ConnectConfig) -> anyhow::Result<Conn> {
+        let mut failures = Vec::new();
+        for endpoint in &cfg.endpoints {
+            match connect_one(&cfg, endpoint).await {
+                Ok(channel) => {
+                    return Ok(Conn {
+                        endpoint: endpoint.clone(),
+                        client: ControlServiceClient::new(channel),
+                        cfg,
+                    });
+                }
+                Err(ConnectFailure::Config(err)) => return Err(err),
+                Err(ConnectFailure::Transport(why)) => failures.push((endpoint.clone(), why)),
+            }
+        }
+        match failures.as_slice() {
+            [(endpoint, why)] => Err(anyhow!("connect to {endpoint}: {why}")),
+            _ => Err(anyhow!(
+                "cannot connect to any endpoint: {}",
+                failures
+                    .iter()
+                    .map(|(endpoint, why)| format!("{endpoint}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
+        }
+    }
+
+    /// The endpoint in use (the leader after a redirect).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Makes one call, bounded by the timeout (for a stream: until it opens). On `UNAVAILABLE`
+    /// with a `cd-leader` URL, connects there and retries once. Errors read
+    /// `<what>: <code in words>: <message>`.
+    pub async fn call<T>(
+        &mut self,
+        what: &str,
+        mut f: impl AsyncFnMut(Client) -> Result<tonic::Response<T>, Status>,
+    ) -> anyhow::Result<T> {
+        let status = match self.timed(&mut f).await {
+            Ok(value) => return Ok(value),
+            Err(status) => status,
+        };
+        if let Some(leader) = leader_hint(&status).filter(|leader| *leader != self.endpoint) {
+            let channel = match connect_one(&self.cfg, &leader).await {
+                Ok(channel) => channel,
+                Err(ConnectFailure::Config(err)) => return Err(err.context(what.to_string())),
+                Err(ConnectFailure::Transport(why)) => {
+                    return Err(anyhow!(
+                        "{what}: {} redirected to the leader {leader}, which cannot be reached: {why}",
+                        self.endpoint
+                    ));
+                }
+            };
+            self.client = ControlServiceClient::new(channel);
+            self.endpoint = leader;
+            return self
+                .timed(&mut f)
+                .await
+                .map_err(|status| status_error(status, what));
+        }
+        Err(status_error(status, what))
+    }
+
+    async fn timed<T>(
+        &mut self,
+        f: &mut impl AsyncFnMut(Client) -> Result<tonic::Response<T>, Status>,
+    ) -> Result<T, Status> {
+        match tokio::time::timeout(self.cfg.timeout, f(self.client.clone())).await {
+            Ok(result) => result.map(tonic::Response::into_inner),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no answer from {} within {} (see --timeout)",
+                self.endpoint,
+                crate::render::duration_text(self.cfg.timeout.as_millis() as u64)
+            ))),
+        }
+    }
+}
+
+/// Wraps a status as `<what>: <code>: <message>`.
+pub fn status_error(status: Status, what: &str) -> anyhow::Error {
+    anyhow::Error::new(StatusError::from(status)).context(what.to_string())
+}
+
+/// The leader URL a follower named, if the status is `UNAVAILABLE` and carries a valid one.
+pub fn leader_hint(status: &Status) -> Option<String> {
+    if status.code() != Code::Unavailable {
+        return None;
+    }
+    let value = status.metadata().get(LEADER_METADATA)?.to_str().ok()?;
+    parse_endpoint(value).ok()
+}
+
+async fn connect_one(cfg: &ConnectConfig, endpoint: &str) -> Result<Channel, ConnectFailure> {
+    let mut ep = Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| ConnectFailure::Transport(one_line(&e)))?
+        .connect_timeout(cfg.timeout)
+        .tcp_nodelay(true);
+    if endpoint.starts_with("https://") {
+        let paths = cfg.tls.as_ref().map_err(|why| {
+            ConnectFailure::Config(UsageError(format!("connect to {endpoint}: {why}")).into())
+        })?;
+        let domain = tls_domain(endpoint).ok_or_else(|| {
+            ConnectFailure::Transport(format!("no host in {endpoint} to check the certificate"))
+        })?;
+        let tls = client_tls(paths, &domain).map_err(|err| {
+            let what = match err {
+                TlsError::Read { .. } => "TLS files could not be read",
+                TlsError::Invalid { .. } => "TLS files are not valid",
+            };
+            ConnectFailure::Config(anyhow!("connect to {endpoint}: {what}: {err}"))
+        })?;
+        ep = ep.tls_config(tls.timeout(cfg.timeout)).map_err(|e| {
+            ConnectFailure::Transport(format!("TLS setup failed: {}", one_line(&e)))
+        })?;
+    }
+    match tokio::time::timeout(cfg.timeout, ep.connect()).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(e)) => Err(ConnectFailure::Transport(one_line(&e))),
+        Err(_) => Err(ConnectFailure::Transport(format!(
+            "no connection within {} (see --timeout)",
+            crate::render::duration_text(cfg.timeout.as_millis() as u64)
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::metadata::MetadataValue;
+
+    #[test]
+    fn endpoint_list_splits_trims_and_defaults_to_https() {
+        let list = parse_endpoint_list(" https://a:7400 ,b:7401,,http://[::1]:7402/ ").unwrap();
+        assert_eq!(
+            list.0,
+            vec![
+                "https://a:7400".to_string(),
+                "https://b:7401".to_string(),
+                "http://[::1]:7402".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn endpoint_list_errors() {
+        assert_eq!(parse_endpoint_list(" , ").unwrap_err(), "no endpoint given");
+        assert!(
+            parse_endpoint_list("https://a:1,ftp://b:2")
+                .unwrap_err()
+                .contains("scheme `ftp`")
+        );
+        assert!(
+            parse_endpoint_list("https://a:1/x")
+                .unwrap_err()
+                .contains("must not have a path")
+        );
+        assert!(parse_endpoint_list("https://a b").is_err());
+    }
+
+    #[test]
+    fn tls_domain_is_the_host() {
+        assert_eq!(
+            tls_domain("https://127.0.0.1:7400").as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(tls_domain("https://[::1]:7400").as_deref(), Some("::1"));
+        assert_eq!(
+            tls_domain("https://node-2.local").as_deref(),
+            Some("node-2.local")
+        );
+    }
+
+    #[test]
+    fn tls_files_default_into_cert_dir() {
+        let dir = Path::new("/c");
+        let paths = resolve_tls(None, Some(Path::new("/x/me.pem")), None, Some(dir)).unwrap();
+        assert_eq!(paths.ca, Path::new("/c/ca.pem"));
+        assert_eq!(paths.cert, Path::new("/x/me.pem"));
+        assert_eq!(paths.key, Path::new("/c/operator-key.pem"));
+        let err = resolve_tls(None, Some(Path::new("/x/me.pem")), None, None).unwrap_err();
+        assert!(err.contains("--ca, --key"), "{err}");
+        assert!(!err.contains("--cert,"), "{err}");
+    }
+
+    #[test]
+    fn leader_hint_needs_unavailable_and_a_url() {
+        let mut status = Status::unavailable("not the leader");
+        assert_eq!(leader_hint(&status), None);
+        status.metadata_mut().insert(
+            LEADER_METADATA,
+            MetadataValue::from_static("https://n2:7400"),
+        );
+        assert_eq!(leader_hint(&status).as_deref(), Some("https://n2:7400"));
+
+        let mut other = Status::not_found("x");
+        other.metadata_mut().insert(
+            LEADER_METADATA,
+            MetadataValue::from_static("https://n2:7400"),
+        );
+        assert_eq!(leader_hint(&other), None);
+
+        let mut bad = Status::unavailable("x");
+        bad.metadata_mut()
+            .insert(LEADER_METADATA, MetadataValue::from_static("ftp://n2"));
+        assert_eq!(leader_hint(&bad), None);
+    }
+}

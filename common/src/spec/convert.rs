@@ -1,0 +1,635 @@
+//! Turns the YAML tree into spec types, checking each field on its own: known field names,
+//! types, name and path rules, durations and numeric ranges. Rules that relate stages to each
+//! other live in `validate`. Every failure names the node it is about so `parse` can find the
+//! line, and the field as a path from the document root (see `SpecError::field`).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use super::node::{Kind, Node};
+use super::types::*;
+use crate::duration::parse_duration_ms;
+use crate::names::{is_valid_env_name, name_problem};
+
+/// Largest `retries` accepted.
+pub const MAX_RETRIES: u32 = 10;
+
+/// A rejected field: the node to point at, its path and what is wrong.
+#[derive(Debug)]
+pub(crate) struct Fail {
+    pub node: usize,
+    pub field: String,
+    pub message: String,
+}
+
+pub(crate) type R<T> = Result<T, Fail>;
+
+fn fail(node: &Node, field: &str, message: impl Into<String>) -> Fail {
+    Fail {
+        node: node.id,
+        field: if field.is_empty() {
+            DOCUMENT.to_string()
+        } else {
+            field.to_string()
+        },
+        message: message.into(),
+    }
+}
+
+/// The `field` of errors about the document as a whole.
+pub(crate) const DOCUMENT: &str = "(document)";
+
+/// Node ids of the values `validate` checks across stages (parallel to the spec's lists).
+#[derive(Debug, Default)]
+pub(crate) struct StageIds {
+    pub name: usize,
+    pub needs: Vec<usize>,
+    pub tests_from: Vec<usize>,
+    pub metric_from: Vec<usize>,
+    pub on_failure: Option<usize>,
+}
+
+/// The converted spec plus what `parse` still has to fill in or check.
+pub(crate) struct Converted {
+    pub spec: PipelineSpec,
+    pub stages: Vec<StageIds>,
+    /// Env values written as numbers or booleans: (stage index or `None` for the top level,
+    /// variable, node id). Their source text is fetched afterwards, so `1.10` stays `1.10`.
+    pub raw_env: Vec<(Option<usize>, String, usize)>,
+}
+
+const TOP_FIELDS: &[&str] = &["name", "source", "env", "stages"];
+const SOURCE_FIELDS: &[&str] = &["path"];
+const STAGE_FIELDS: &[&str] = &[
+    "name",
+    "run",
+    "needs",
+    "labels",
+    "image",
+    "env",
+    "timeout",
+    "retries",
+    "environment",
+    "reports",
+    "gate",
+    "rollback",
+    "on_failure",
+    "artifacts",
+];
+const REPORT_FIELDS: &[&str] = &["junit", "metrics"];
+const GATE_FIELDS: &[&str] = &["tests", "metrics", "approvals"];
+const TESTS_FIELDS: &[&str] = &["from", "min_pass_rate"];
+const METRIC_FIELDS: &[&str] = &["name", "from", "min", "max", "max_regression"];
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// The entries of a mapping with string keys, refusing duplicates. YAML merge keys
+/// (`<<: *defaults`, or a list of aliases) add the merged mappings' fields that the mapping
+/// does not set itself; the first merged mapping wins.
+fn entries<'a>(node: &'a Node, path: &str) -> R<Vec<(&'a str, &'a Node, &'a Node)>> {
+    let Kind::Map(pairs) = &node.kind else {
+        return Err(fail(
+            node,
+            path,
+            format!("expected a mapping, found {}", node.kind.describe_value()),
+        ));
+    };
+    let mut out: Vec<(&str, &Node, &Node)> = Vec::with_capacity(pairs.len());
+    let mut seen = HashSet::with_capacity(pairs.len());
+    let mut merges = Vec::new();
+    for (key, value) in pairs {
+        let Kind::Str(name) = &key.kind else {
+            return Err(fail(
+                key,
+                path,
+                format!(
+                    "field names must be strings, found {}",
+                    key.kind.describe_value()
+                ),
+            ));
+        };
+        if name == MERGE_KEY {
+            merges.push(value);
+            continue;
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(fail(
+                key,
+                &join(path, name),
+                format!("`{name}` is set twice in this mapping"),
+            ));
+        }
+        out.push((name.as_str(), key, value));
+    }
+    for merge in merges {
+        let sources: Vec<&Node> = match &merge.kind {
+            Kind::Map(_) => vec![merge],
+            Kind::Seq(items) => items.iter().collect(),
+            _ => Vec::new(),
+        };
+        if sources.is_empty() || sources.iter().any(|s| !matches!(s.kind, Kind::Map(_))) {
+            return Err(fail(
+                merge,
+                &join(path, MERGE_KEY),
+                "a merge key `<<` takes a mapping or a list of mappings",
+            ));
+        }
+        for source in sources {
+            for (name, key, value) in entries(source, path)? {
+                if seen.insert(name) {
+                    out.push((name, key, value));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// YAML's merge key.
+const MERGE_KEY: &str = "<<";
+
+/// One field of a mapping: its key, value and path.
+struct Field<'a> {
+    key: &'a Node,
+    value: &'a Node,
+    path: String,
+}
+
+impl<'a> Field<'a> {
+    /// The value's node, or the key's when the value is empty (an empty value has no line of
+    /// its own).
+    fn at(&self) -> &'a Node {
+        if self.value.kind == Kind::Null {
+            self.key
+        } else {
+            self.value
+        }
+    }
+
+    fn fail(&self, message: impl Into<String>) -> Fail {
+        fail(self.at(), &self.path, message)
+    }
+
+    fn expected(&self, what: &str) -> Fail {
+        self.fail(format!(
+            "expected {what}, found {}",
+            self.value.kind.describe_value()
+        ))
+    }
+
+    fn string(&self) -> R<&'a str> {
+        match &self.value.kind {
+            Kind::Str(s) => Ok(s),
+            _ => Err(self.expected("a string")),
+        }
+    }
+
+    fn non_empty(&self) -> R<String> {
+        let s = self.string()?;
+        if s.trim().is_empty() {
+            return Err(self.fail("must not be empty"));
+        }
+        Ok(s.to_string())
+    }
+
+    fn name(&self) -> R<String> {
+        let s = self.string()?;
+        match name_problem(s) {
+            Some(problem) => Err(self.fail(problem)),
+            None => Ok(s.to_string()),
+        }
+    }
+
+    fn path_value(&self, allow_absolute: bool) -> R<String> {
+        let s = self.string()?;
+        match path_problem(s, allow_absolute) {
+            Some(problem) => Err(self.fail(problem)),
+            None => Ok(s.to_string()),
+        }
+    }
+
+    fn number(&self) -> R<f64> {
+        let v = match &self.value.kind {
+            Kind::Int(i) => *i as f64,
+            Kind::Float(f) => *f,
+            _ => return Err(self.expected("a number")),
+        };
+        if !v.is_finite() {
+            return Err(self.fail("must be a finite number"));
+        }
+        Ok(v)
+    }
+
+    fn whole(&self, max: u32) -> R<u32> {
+        let Kind::Int(i) = &self.value.kind else {
+            return Err(self.expected("a whole number"));
+        };
+        if *i < 0 {
+            return Err(self.fail(format!("must not be negative, found {i}")));
+        }
+        if *i > i128::from(max) {
+            return Err(self.fail(format!("must be at most {max}, found {i}")));
+        }
+        u32::try_from(*i).map_err(|_| self.fail(format!("must be at most {max}, found {i}")))
+    }
+
+    /// A list of strings with each item's node, checked by `check`.
+    fn strings(&self, check: impl Fn(&str) -> Option<String>) -> R<(Vec<String>, Vec<usize>)> {
+        let Kind::Seq(items) = &self.value.kind else {
+            return Err(self.expected("a list"));
+        };
+        let mut values: Vec<String> = Vec::with_capacity(items.len());
+        let mut ids = Vec::with_capacity(items.len());
+        let mut seen = HashSet::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("{}[{i}]", self.path);
+            let Kind::Str(s) = &item.kind else {
+                return Err(fail(
+                    item,
+                    &path,
+                    format!("expected a string, found {}", item.kind.describe()),
+                ));
+            };
+            if let Some(problem) = check(s) {
+                return Err(fail(item, &path, problem));
+            }
+            if !seen.insert(s.as_str()) {
+                return Err(fail(item, &path, format!("`{s}` is listed twice")));
+            }
+            values.push(s.clone());
+            ids.push(item.id);
+        }
+        Ok((values, ids))
+    }
+}
+
+/// The fields of a mapping, checked against the allowed names.
+struct Fields<'a> {
+    node: &'a Node,
+    path: String,
+    entries: Vec<(&'a str, &'a Node, &'a Node)>,
+}
+
+impl<'a> Fields<'a> {
+    fn new(node: &'a Node, path: &str, allowed: &[&str]) -> R<Self> {
+        let entries = entries(node, path)?;
+        for (name, key, _) in &entries {
+            if !allowed.contains(name) {
+                return Err(fail(
+                    key,
+                    &join(path, name),
+                    format!(
+                        "unknown field `{name}`; allowed fields here: {}",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(Fields {
+            node,
+            path: path.to_string(),
+            entries,
+        })
+    }
+
+    fn get(&self, name: &str) -> Option<Field<'a>> {
+        self.entries
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(n, key, value)| Field {
+                key,
+                value,
+                path: join(&self.path, n),
+            })
+    }
+
+    fn require(&self, name: &str) -> R<Field<'a>> {
+        self.get(name)
+            .ok_or_else(|| fail(self.node, &join(&self.path, name), "missing required field"))
+    }
+}
+
+/// Why `path` is not acceptable, or `None`. Relative paths stay inside the workspace: no
+/// `..` components, and no leading `/` unless `allow_absolute`.
+pub(crate) fn path_problem(path: &str, allow_absolute: bool) -> Option<String> {
+    if path.trim().is_empty() {
+        return Some("path must not be empty".to_string());
+    }
+    if path.contains('\0') {
+        return Some("path must not contain a NUL byte".to_string());
+    }
+    if !allow_absolute && path.starts_with('/') {
+        return Some(format!(
+            "`{path}` must be a relative path (inside the workspace)"
+        ));
+    }
+    if path.split(['/', '\\']).any(|part| part == "..") {
+        return Some(format!("`{path}` must not contain `..` components"));
+    }
+    None
+}
+
+/// Converts the whole document.
+pub(crate) fn convert(root: &Node) -> R<Converted> {
+    let top = Fields::new(root, "", TOP_FIELDS)?;
+    let name = top.require("name")?.name()?;
+    let source = match top.get("source") {
+        Some(field) => Some(source(&field)?),
+        None => None,
+    };
+    let mut raw_env = Vec::new();
+    let env = match top.get("env") {
+        Some(field) => env(&field, None, &mut raw_env)?,
+        None => BTreeMap::new(),
+    };
+    let stages_field = top.require("stages")?;
+    let Kind::Seq(items) = &stages_field.value.kind else {
+        return Err(stages_field.expected("a list of stages"));
+    };
+    if items.is_empty() {
+        return Err(stages_field.fail("a pipeline needs at least one stage"));
+    }
+    let mut stages = Vec::with_capacity(items.len());
+    let mut ids = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let (stage, stage_ids) = stage(item, i, &mut raw_env)?;
+        stages.push(stage);
+        ids.push(stage_ids);
+    }
+    Ok(Converted {
+        spec: PipelineSpec {
+            name,
+            source,
+            env,
+            stages,
+        },
+        stages: ids,
+        raw_env,
+    })
+}
+
+fn source(field: &Field) -> R<SourceSpec> {
+    let fields = Fields::new(field.value, &field.path, SOURCE_FIELDS)?;
+    let path = fields.require("path")?.path_value(true)?;
+    Ok(SourceSpec { path })
+}
+
+fn env(
+    field: &Field,
+    stage: Option<usize>,
+    raw_env: &mut Vec<(Option<usize>, String, usize)>,
+) -> R<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (name, key, value) in entries(field.value, &field.path)? {
+        let path = join(&field.path, name);
+        if !is_valid_env_name(name) {
+            return Err(fail(
+                key,
+                &path,
+                format!(
+                    "`{name}` is not a valid environment variable name (use letters, digits \
+                     and `_`, not starting with a digit)"
+                ),
+            ));
+        }
+        let text = match &value.kind {
+            Kind::Str(s) => s.clone(),
+            Kind::Int(_) | Kind::Float(_) | Kind::Bool(_) => {
+                raw_env.push((stage, name.to_string(), value.id));
+                String::new()
+            }
+            other => {
+                let at = if *other == Kind::Null { key } else { value };
+                return Err(fail(
+                    at,
+                    &path,
+                    format!(
+                        "expected a string, number or boolean, found {}",
+                        other.describe()
+                    ),
+                ));
+            }
+        };
+        out.insert(name.to_string(), text);
+    }
+    Ok(out)
+}
+
+fn stage(
+    node: &Node,
+    index: usize,
+    raw_env: &mut Vec<(Option<usize>, String, usize)>,
+) -> R<(StageSpec, StageIds)> {
+    let path = format!("stages[{index}]");
+    let fields = Fields::new(node, &path, STAGE_FIELDS)?;
+    let name_field = fields.require("name")?;
+    let name = name_field.name()?;
+    let run = fields.require("run")?.non_empty()?;
+    let mut ids = StageIds {
+        name: name_field.at().id,
+        ..StageIds::default()
+    };
+    let needs = match fields.get("needs") {
+        Some(f) => {
+            let (needs, needs_ids) = f.strings(|_| None)?;
+            ids.needs = needs_ids;
+            needs
+        }
+        None => Vec::new(),
+    };
+    let labels = match fields.get("labels") {
+        Some(f) => f.strings(label_problem)?.0,
+        None => Vec::new(),
+    };
+    let image = fields.get("image").map(|f| f.non_empty()).transpose()?;
+    let env = match fields.get("env") {
+        Some(f) => env(&f, Some(index), raw_env)?,
+        None => BTreeMap::new(),
+    };
+    let timeout_ms = fields.get("timeout").map(|f| timeout(&f)).transpose()?;
+    let retries = match fields.get("retries") {
+        Some(f) => f.whole(MAX_RETRIES)?,
+        None => 0,
+    };
+    let environment = fields.get("environment").map(|f| f.name()).transpose()?;
+    let reports = match fields.get("reports") {
+        Some(f) => reports(&f)?,
+        None => ReportsSpec::default(),
+    };
+    let gate = match fields.get("gate") {
+        Some(f) => Some(gate(&f, &mut ids)?),
+        None => None,
+    };
+    let rollback = fields.get("rollback").map(|f| f.non_empty()).transpose()?;
+    let on_failure = match fields.get("on_failure") {
+        Some(f) => {
+            ids.on_failure = Some(f.at().id);
+            on_failure(&f)?
+        }
+        None => OnFailure::Fail,
+    };
+    let artifacts = match fields.get("artifacts") {
+        Some(f) => f.strings(|p| path_problem(p, false))?.0,
+        None => Vec::new(),
+    };
+    let stage = StageSpec {
+        name,
+        run,
+        needs,
+        labels,
+        image,
+        env,
+        timeout_ms,
+        retries,
+        environment,
+        reports,
+        gate,
+        rollback,
+        on_failure,
+        artifacts,
+    };
+    Ok((stage, ids))
+}
+
+fn label_problem(label: &str) -> Option<String> {
+    if label.is_empty() {
+        Some("a label must not be empty".to_string())
+    } else if label.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some(format!("label `{label}` must not contain spaces"))
+    } else {
+        None
+    }
+}
+
+fn timeout(field: &Field) -> R<u64> {
+    let text = match &field.value.kind {
+        Kind::Str(s) => s.as_str(),
+        _ => return Err(field.expected("a duration such as `20m` or `1h30m`")),
+    };
+    let ms = parse_duration_ms(text).map_err(|message| field.fail(message))?;
+    if ms == 0 {
+        return Err(field.fail("timeout must be longer than zero"));
+    }
+    Ok(ms)
+}
+
+fn on_failure(field: &Field) -> R<OnFailure> {
+    match field.string()? {
+        "fail" => Ok(OnFailure::Fail),
+        "rollback" => Ok(OnFailure::Rollback),
+        other => Err(field.fail(format!("expected `fail` or `rollback`, found `{other}`"))),
+    }
+}
+
+fn reports(field: &Field) -> R<ReportsSpec> {
+    let fields = Fields::new(field.value, &field.path, REPORT_FIELDS)?;
+    let path = |name: &str| fields.get(name).map(|f| f.path_value(false)).transpose();
+    Ok(ReportsSpec {
+        junit: path("junit")?,
+        metrics: path("metrics")?,
+    })
+}
+
+fn gate(field: &Field, ids: &mut StageIds) -> R<GateSpec> {
+    let fields = Fields::new(field.value, &field.path, GATE_FIELDS)?;
+    let tests = match fields.get("tests") {
+        Some(f) => {
+            let tests = Fields::new(f.value, &f.path, TESTS_FIELDS)?;
+            let from_field = tests.require("from")?;
+            let (from, from_ids) = from_field.strings(|_| None)?;
+            if from.is_empty() {
+                return Err(from_field.fail("list at least one stage"));
+            }
+            ids.tests_from = from_ids;
+            let min_pass_rate = match tests.get("min_pass_rate") {
+                Some(f) => {
+                    let rate = f.number()?;
+                    if !(0.0..=1.0).contains(&rate) {
+                        return Err(f.fail(format!("must be between 0 and 1, found {rate}")));
+                    }
+                    rate
+                }
+                None => 1.0,
+            };
+            Some(TestsGate {
+                from,
+                min_pass_rate,
+            })
+        }
+        None => None,
+    };
+    let metrics = match fields.get("metrics") {
+        Some(f) => {
+            let Kind::Seq(items) = &f.value.kind else {
+                return Err(f.expected("a list of metric gates"));
+            };
+            let mut metrics = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let (metric, from_id) = metric_gate(item, &format!("{}[{i}]", f.path))?;
+                metrics.push(metric);
+                ids.metric_from.push(from_id);
+            }
+            metrics
+        }
+        None => Vec::new(),
+    };
+    let approvals = match fields.get("approvals") {
+        Some(f) => f.whole(u32::MAX)?,
+        None => 0,
+    };
+    Ok(GateSpec {
+        tests,
+        metrics,
+        approvals,
+    })
+}
+
+fn metric_gate(node: &Node, path: &str) -> R<(MetricGate, usize)> {
+    let fields = Fields::new(node, path, METRIC_FIELDS)?;
+    let name = fields.require("name")?.name()?;
+    let from_field = fields.require("from")?;
+    let from = from_field.string()?.to_string();
+    let bound = |key: &str| fields.get(key).map(|f| f.number()).transpose();
+    let min = bound("min")?;
+    let max = bound("max")?;
+    let max_regression = bound("max_regression")?;
+    if min.is_none() && max.is_none() && max_regression.is_none() {
+        return Err(fail(
+            node,
+            path,
+            "a metric gate needs at least one of min, max or max_regression",
+        ));
+    }
+    if let (Some(lo), Some(hi)) = (min, max)
+        && lo > hi
+    {
+        return Err(fail(
+            node,
+            path,
+            format!("min ({lo}) is greater than max ({hi})"),
+        ));
+    }
+    if let (Some(f), Some(r)) = (fields.get("max_regression"), max_regression)
+        && r < 0.0
+    {
+        return Err(f.fail(format!("must not be negative, found {r}")));
+    }
+    let metric = MetricGate {
+        name,
+        from,
+        min,
+        max,
+        max_regression,
+    };
+    Ok((metric, from_field.at().id))
+}
+
+/// Ids of env values whose source text must be fetched.
+pub(crate) fn raw_env_ids(converted: &Converted) -> BTreeSet<usize> {
+    converted.raw_env.iter().map(|(_, _, id)| *id).collect()
+}

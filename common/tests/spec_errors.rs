@@ -1,0 +1,259 @@
+//! Every rejection rule of the pipeline spec, as a table of bad files and the exact error
+//! each one gives (`file:line: field: message`).
+
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use cd_common::spec::{MAX_SPEC_BYTES, parse};
+
+/// A valid stage to put before or after the one under test.
+const BUILD: &str = "  - name: build\n    run: make\n";
+
+fn cases() -> Vec<(&'static str, String, &'static str)> {
+    let with_build = |rest: &str| format!("name: p\nstages:\n{BUILD}{rest}");
+    vec![
+        // --- unknown fields, at every level ---
+        ("unknown top field", "name: p\nstagez: []\n".into(), "p.yaml:2: stagez: unknown field `stagez`; allowed fields here: name, source, env, stages"),
+        ("unknown stage field", with_build("  - name: t\n    rn: make test\n"), "p.yaml:6: stages[1].rn: unknown field `rn`; allowed fields here: name, run, needs, labels, image, env, timeout, retries, environment, reports, gate, rollback, on_failure, artifacts"),
+        ("unknown source field", "name: p\nsource: { dir: src }\nstages:\n  - { name: a, run: x }\n".into(), "p.yaml:2: source.dir: unknown field `dir`; allowed fields here: path"),
+        ("unknown reports field", with_build("    reports: { html: r.html }\n"), "p.yaml:5: stages[0].reports.html: unknown field `html`; allowed fields here: junit, metrics"),
+        ("unknown gate field", with_build("  - name: d\n    run: x\n    needs: [build]\n    gate: { approval: 1 }\n"), "p.yaml:8: stages[1].gate.approval: unknown field `approval`; allowed fields here: tests, metrics, approvals"),
+        ("unknown tests gate field", with_build("  - name: d\n    run: x\n    needs: [build]\n    gate:\n      tests: { from: [build], min_rate: 1 }\n"), "p.yaml:9: stages[1].gate.tests.min_rate: unknown field `min_rate`; allowed fields here: from, min_pass_rate"),
+        ("unknown metric gate field", with_build("  - name: d\n    run: x\n    needs: [build]\n    gate:\n      metrics:\n        - { name: acc, from: build, minimum: 1 }\n"), "p.yaml:10: stages[1].gate.metrics[0].minimum: unknown field `minimum`; allowed fields here: name, from, min, max, max_regression"),
+        // --- missing required fields ---
+        ("missing name", "stages:\n  - { name: a, run: x }\n".into(), "p.yaml:1: name: missing required field"),
+        ("missing stages", "name: p\n".into(), "p.yaml:1: stages: missing required field"),
+        ("missing stage name", with_build("  - run: make test\n"), "p.yaml:5: stages[1].name: missing required field"),
+        ("missing run", with_build("  - name: t\n    needs: [build]\n"), "p.yaml:5: stages[1].run: missing required field"),
+        ("empty run", with_build("  - name: t\n    run: \"  \"\n"), "p.yaml:6: stages[1].run: must not be empty"),
+        ("missing source path", "name: p\nsource: {}\nstages:\n  - { name: a, run: x }\n".into(), "p.yaml:2: source.path: missing required field"),
+        ("missing tests from", with_build("  - name: d\n    run: x\n    needs: [build]\n    gate:\n      tests: { min_pass_rate: 1 }\n"), "p.yaml:9: stages[1].gate.tests.from: missing required field"),
+        ("missing metric from", with_build("  - name: d\n    run: x\n    needs: [build]\n    gate:\n      metrics:\n        - { name: acc, min: 1 }\n"), "p.yaml:10: stages[1].gate.metrics[0].from: missing required field"),
+        // --- wrong types ---
+        ("root is a list", "- name: p\n".into(), "p.yaml:1: (document): expected a mapping, found a list"),
+        ("empty file", "".into(), "p.yaml:1: (document): expected a mapping, found nothing (null)"),
+        ("stages is a mapping", "name: p\nstages:\n  build: { run: x }\n".into(), "p.yaml:3: stages: expected a list of stages, found a mapping"),
+        ("stage is a string", "name: p\nstages:\n  - build\n".into(), "p.yaml:3: stages[0]: expected a mapping, found the string `build`"),
+        ("name is a number", "name: 12\nstages:\n  - { name: a, run: x }\n".into(), "p.yaml:1: name: expected a string, found the number 12"),
+        ("needs is a string", with_build("  - name: t\n    run: x\n    needs: build\n"), "p.yaml:7: stages[1].needs: expected a list, found the string `build`"),
+        ("needs item is a mapping", with_build("  - name: t\n    run: x\n    needs:\n      - { stage: build }\n"), "p.yaml:8: stages[1].needs[0]: expected a string, found a mapping"),
+        ("retries is a string", with_build("    retries: two\n"), "p.yaml:5: stages[0].retries: expected a whole number, found the string `two`"),
+        ("retries is a float", with_build("    retries: 1.5\n"), "p.yaml:5: stages[0].retries: expected a whole number, found the number 1.5"),
+        ("timeout is a number", with_build("    timeout: 20\n"), "p.yaml:5: stages[0].timeout: expected a duration such as `20m` or `1h30m`, found the number 20"),
+        ("empty timeout", with_build("    timeout:\n"), "p.yaml:5: stages[0].timeout: expected a duration such as `20m` or `1h30m`, found nothing (null)"),
+        ("env is a list", "name: p\nenv: [A]\nstages:\n  - { name: a, run: x }\n".into(), "p.yaml:2: env: expected a mapping, found a list"),
+        ("env value is a list", "name: p\nenv:\n  A: [1, 2]\nstages:\n  - { name: a, run: x }\n".into(), "p.yaml:3: env.A: expected a string, number or boolean, found a list"),
+        ("env value is null", with_build("    env:\n      A:\n"), "p.yaml:6: stages[0].env.A: expected a string, number or boolean, found nothing (null)"),
+        ("gate is a string", with_build("    gate: yes\n"), "p.yaml:5: stages[0].gate: expected a mapping, found the string `yes`"),
+        ("min_pass_rate is a string", with_build("  - name: d\n    run: x\n    needs: [build]\n    gate:\n      tests: { from: [build], min_pass_rate: high }\n"), "p.yaml:9: stages[1].gate.tests.min_pass_rate: expected a number, found the string `high`"),
+        ("approvals negative", with_build("  - name: d\n    run: x\n    needs: [build]\n    gate: { approvals: -1 }\n"), "p.yaml:8: stages[1].gate.approvals: must not be negative, found -1"),
+        ("on_failure unknown", with_build("    on_failure: explode\n"), "p.yaml:5: stages[0].on_failure: expected `fail` or `rollback`, found `explode`"),
+        ("labels item is a number", with_build("    labels: [linux, 7]\n"), "p.yaml:5: stages[0].labels[1]: expected a string, found a number"),
+        ("label with a space", with_build("    labels: [\"big box\"]\n"), "p.yaml:5: stages[0].labels[0]: label `big box` must not contain spaces"),
+        ("tagged value", with_build("    run: !shell make\n"), "p.yaml:5: stages[0].run: YAML tags such as `!shell` are not supported in pipeline files"),
+        // --- stage graph ---
+        ("duplicate stage names", with_build("  - name: test\n    run: x\n  - name: build\n    run: y\n"), "p.yaml:7: stages[2].name: duplicate stage name `build` (first used by stages[0] at line 3)"),
+        ("needs unknown stage", with_build("  - name: test\n    run: x\n    needs: [biuld]\n"), "p.yaml:7: stages[1].needs[0]: no stage is named `biuld`"),
+        ("needs itself", with_build("  - name: test\n    run: x\n    needs: [build, test]\n"), "p.yaml:7: stages[1].needs[1]: stage `test` cannot need itself"),
+        ("needs listed twice", with_build("  - name: test\n    run: x\n    needs: [build, build]\n"), "p.yaml:7: stages[1].needs[1]: `build` is listed twice"),
+        ("two-stage cycle", "name: p\nstages:\n  - name: a\n    run: x\n    needs: [b]\n  - name: b\n    run: x\n    needs: [a]\n".into(), "p.yaml:8: stages[1].needs[0]: dependency cycle: a -> b -> a (each stage needs the next)"),
+        ("three-stage cycle", "name: p\nstages:\n  - { name: a, run: x, needs: [c] }\n  - { name: b, run: x, needs: [a] }\n  - { name: c, run: x, needs: [b] }\n  - { name: d, run: x, needs: [a] }\n".into(), "p.yaml:4: stages[1].needs[0]: dependency cycle: a -> c -> b -> a (each stage needs the next)"),
+        ("empty stages", "name: p\nstages: []\n".into(), "p.yaml:2: stages: a pipeline needs at least one stage"),
+        ("null stages", "name: p\nstages:\n".into(), "p.yaml:2: stages: expected a list of stages, found nothing (null)"),
+        // --- values ---
+        ("bad duration unit", with_build("    timeout: 20x\n"), "p.yaml:5: stages[0].timeout: invalid duration `20x`: unknown unit `x` (use ms, s, m, h or d)"),
+        ("zero duration", with_build("    timeout: 0s\n"), "p.yaml:5: stages[0].timeout: timeout must be longer than zero"),
+        ("retries too large", with_build("    retries: 11\n"), "p.yaml:5: stages[0].retries: must be at most 10, found 11"),
+        ("retries negative", with_build("    retries: -1\n"), "p.yaml:5: stages[0].retries: must not be negative, found -1"),
+        ("min_pass_rate above 1", with_build("  - name: d\n    run: x\n    needs: [build]\n    gate:\n      tests: { from: [build], min_pass_rate: 1.5 }\n"), "p.yaml:9: stages[1].gate.tests.min_pass_rate: must be between 0 and 1, found 1.5"),
+        ("min_pass_rate below 0", with_build("  - name: d\n    run: x\n    needs: [build]\n    gate:\n      tests: { from: [build], min_pass_rate: -0.1 }\n"), "p.yaml:9: stages[1].gate.tests.min_pass_rate: must be between 0 and 1, found -0.1"),
+        ("metric gate without bounds", with_build("  - name: d\n    run: x\n    needs: [build]\n    gate:\n      metrics:\n        - name: acc\n          from: build\n"), "p.yaml:10: stages[1].gate.metrics[0]: a metric gate needs at least one of min, max or max_regression"),
+        ("metric min above max", with_build("  - name: d\n    run: x\n    needs: [build]\n    gate:\n      metrics:\n        - { name: acc, from: build, min: 0.9, max: 0.5 }\n"), "p.yaml:10: stages[1].gate.metrics[0]: min (0.9) is greater than max (0.5)"),
+        ("metric negative regression", with_build("  - name: d\n    run: x\n    needs: [build]\n    gate:\n      metrics:\n        - { name: acc, from: build, max_regression: -0.1 }\n"), "p.yaml:10: stages[1].gate.metrics[0].max_regression: must not be negative, found -0.1"),
+        ("metric bound not finite", with_build("  - name: d\n    run: x\n    needs: [build]\n    gate:\n      metrics:\n        - { name: acc, from: build, min: .nan }\n"), "p.yaml:10: stages[1].gate.metrics[0].min: must be a finite number"),
+        // --- gates read upstream stages only ---
+        ("tests gate from unknown stage", with_build("  - name: d\n    run: x\n    needs: [build]\n    gate:\n      tests: { from: [nope] }\n"), "p.yaml:9: stages[1].gate.tests.from[0]: no stage is named `nope`"),
+        ("tests gate from a sibling", with_build("  - name: t\n    run: x\n    needs: [build]\n  - name: d\n    run: x\n    needs: [build]\n    gate:\n      tests: { from: [build, t] }\n"), "p.yaml:12: stages[2].gate.tests.from[1]: stage `t` is not upstream of `d`; a gate reads only stages that `d` needs, directly or through other stages"),
+        ("metric gate from downstream", with_build("  - name: d\n    run: x\n    needs: [build]\n    gate:\n      metrics:\n        - { name: acc, from: m, min: 0.5 }\n  - name: m\n    run: x\n    needs: [d]\n"), "p.yaml:10: stages[1].gate.metrics[0].from: stage `m` is not upstream of `d`; a gate reads only stages that `d` needs, directly or through other stages"),
+        ("gate from itself", with_build("  - name: d\n    run: x\n    needs: [build]\n    gate:\n      tests: { from: [d] }\n"), "p.yaml:9: stages[1].gate.tests.from[0]: the gate of `d` cannot read `d` itself; it runs before it"),
+        ("empty tests from", with_build("  - name: d\n    run: x\n    needs: [build]\n    gate:\n      tests: { from: [] }\n"), "p.yaml:9: stages[1].gate.tests.from: list at least one stage"),
+        // --- names ---
+        ("stage name with a path", with_build("  - name: ../x\n    run: y\n"), "p.yaml:5: stages[1].name: `../x` is not a valid name (use letters, digits, `_`, `.` and `-`, starting with a letter or digit)"),
+        ("pipeline name with a space", "name: my pipe\nstages:\n  - { name: a, run: x }\n".into(), "p.yaml:1: name: `my pipe` is not a valid name (use letters, digits, `_`, `.` and `-`, starting with a letter or digit)"),
+        ("environment name with a slash", with_build("    environment: prod/eu\n"), "p.yaml:5: stages[0].environment: `prod/eu` is not a valid name (use letters, digits, `_`, `.` and `-`, starting with a letter or digit)"),
+        ("metric name starting with a dot", with_build("  - name: d\n    run: x\n    needs: [build]\n    gate:\n      metrics:\n        - { name: .acc, from: build, min: 1 }\n"), "p.yaml:10: stages[1].gate.metrics[0].name: `.acc` is not a valid name (use letters, digits, `_`, `.` and `-`, starting with a letter or digit)"),
+        // --- paths ---
+        ("junit path escapes", with_build("    reports: { junit: ../junit.xml }\n"), "p.yaml:5: stages[0].reports.junit: `../junit.xml` must not contain `..` components"),
+        ("metrics path absolute", with_build("    reports: { metrics: /tmp/m.json }\n"), "p.yaml:5: stages[0].reports.metrics: `/tmp/m.json` must be a relative path (inside the workspace)"),
+        ("artifact path escapes", with_build("    artifacts: [dist/, out/../../etc]\n"), "p.yaml:5: stages[0].artifacts[1]: `out/../../etc` must not contain `..` components"),
+        ("artifact path absolute", with_build("    artifacts: [/etc/passwd]\n"), "p.yaml:5: stages[0].artifacts[0]: `/etc/passwd` must be a relative path (inside the workspace)"),
+        ("source path escapes", "name: p\nsource: { path: ../src }\nstages:\n  - { name: a, run: x }\n".into(), "p.yaml:2: source.path: `../src` must not contain `..` components"),
+        ("source path absolute escapes", "name: p\nsource:\n  path: /srv/../etc\nstages:\n  - { name: a, run: x }\n".into(), "p.yaml:3: source.path: `/srv/../etc` must not contain `..` components"),
+        // --- env names ---
+        ("top env name starts with a digit", "name: p\nenv:\n  1A: x\nstages:\n  - { name: a, run: x }\n".into(), "p.yaml:3: env.1A: `1A` is not a valid environment variable name (use letters, digits and `_`, not starting with a digit)"),
+        ("stage env name with a dash", with_build("    env:\n      MY-VAR: x\n"), "p.yaml:6: stages[0].env.MY-VAR: `MY-VAR` is not a valid environment variable name (use letters, digits and `_`, not starting with a digit)"),
+        // --- on_failure ---
+        ("rollback without deploy upstream", with_build("  - name: m\n    run: x\n    needs: [build]\n    on_failure: rollback\n"), "p.yaml:8: stages[1].on_failure: `rollback` needs a stage upstream of `m` that deploys to an environment"),
+        ("rollback on a deploy with no deploy upstream", with_build("  - name: d\n    run: x\n    environment: prod\n    on_failure: rollback\n"), "p.yaml:8: stages[1].on_failure: `rollback` needs a stage upstream of `d` that deploys to an environment"),
+        // --- YAML itself ---
+        ("syntax error", "name: p\nstages:\n  - name: a\n    run: x: y\n".into(), "p.yaml:4: (document): invalid YAML: mapping values are not allowed in this context at line 4 column 11"),
+        ("duplicate key", "name: p\nstages:\n  - name: a\n    run: x\n    run: y\n".into(), "p.yaml:5: stages[0].run: `run` is set twice in this mapping"),
+        ("two documents", "name: p\nstages:\n  - { name: a, run: x }\n---\nname: q\n".into(), "p.yaml:4: (document): the file holds more than one YAML document (`---`); a pipeline file holds exactly one"),
+        ("unknown anchor", "name: *nope\nstages: []\n".into(), "p.yaml:1: (document): invalid YAML: unknown anchor at line 1 column 7"),
+        ("merge key with a scalar", with_build("    <<: 5\n"), "p.yaml:5: stages[0].<<: a merge key `<<` takes a mapping or a list of mappings"),
+        ("merged unknown field", with_build("    <<: { retry: 2 }\n"), "p.yaml:5: stages[0].retry: unknown field `retry`; allowed fields here: name, run, needs, labels, image, env, timeout, retries, environment, reports, gate, rollback, on_failure, artifacts"),
+        ("tagged document", "!pipeline\nname: p\n".into(), "p.yaml:1: (document): YAML tags such as `!pipeline` are not supported in pipeline files"),
+    ]
+}
+
+#[test]
+fn each_bad_file_gives_its_exact_error() {
+    let mut wrong = Vec::new();
+    for (what, yaml, expected) in cases() {
+        let got = match parse(&yaml, "p.yaml") {
+            Ok(spec) => format!("parsed: {spec:?}"),
+            Err(err) => err.to_string(),
+        };
+        if got != expected {
+            wrong.push(format!("{what}\n  expected: {expected}\n  got:      {got}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases differ:\n{}",
+        wrong.len(),
+        cases().len(),
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn a_spec_over_the_size_limit_is_refused_before_parsing() {
+    let yaml = format!("name: p\nstages: []\n{}\n", "#".repeat(MAX_SPEC_BYTES));
+    let err = parse(&yaml, "big.yaml").expect_err("too big");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "big.yaml:0: (document): the spec is {} bytes; the limit is 262144 bytes",
+            yaml.len()
+        )
+    );
+    assert_eq!(err.line, 0);
+}
+
+fn assert_alias_bomb(yaml: &str) {
+    assert!(yaml.len() <= MAX_SPEC_BYTES, "{} bytes", yaml.len());
+    let started = Instant::now();
+    let err = parse(yaml, "bomb.yaml").expect_err("alias bomb");
+    let took = started.elapsed();
+    assert_eq!(
+        err.message,
+        "YAML aliases expand the document past 1048576 nodes and text bytes; refusing a \
+         possible alias bomb"
+    );
+    assert_eq!(err.field, "(document)");
+    assert!(err.line >= 1, "{err}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+#[test]
+fn billion_laughs_is_refused_quickly() {
+    let mut yaml = String::from("name: p\nl0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for level in 1..=9 {
+        let prev = format!("*l{}", level - 1);
+        let items = [prev.as_str(); 9].join(", ");
+        yaml.push_str(&format!("l{level}: &l{level} [{items}]\n"));
+    }
+    yaml.push_str("stages: [{ name: a, run: x }]\n");
+    assert_alias_bomb(&yaml);
+}
+
+#[test]
+fn one_big_anchor_repeated_many_times_is_refused_quickly() {
+    // yaml_serde's own limit (100 alias jumps per event) lets this through: 20,000 aliases of
+    // a 20,000-item list would be 400 million nodes.
+    let items = vec!["x"; 20_000].join(",");
+    let aliases = vec!["*big"; 20_000].join(",");
+    let yaml = format!(
+        "name: p\nstages:\n  - name: a\n    run: x\n    labels: &big [{items}]\n  - name: b\n    run: x\n    artifacts: [{aliases}]\n"
+    );
+    assert_alias_bomb(&yaml);
+}
+
+#[test]
+fn a_long_string_repeated_through_aliases_is_refused() {
+    let long = "y".repeat(100_000);
+    let yaml = format!(
+        "name: p\nenv:\n  A: &s {long}\n  B: *s\n  C: *s\n  D: *s\n  E: *s\n  F: *s\n  G: *s\n  H: *s\n  I: *s\n  J: *s\n  K: *s\nstages: [{{ name: a, run: x }}]\n"
+    );
+    assert_alias_bomb(&yaml);
+}
+
+#[test]
+fn deep_nesting_is_refused_without_overflowing_the_stack() {
+    let deep = |n: usize| {
+        format!(
+            "name: p\nstages: [{{ name: a, run: x }}]\nenv: {}{}\n",
+            "[".repeat(n),
+            "]".repeat(n)
+        )
+    };
+    let err = parse(&deep(100), "p.yaml").expect_err("a list");
+    assert_eq!(
+        err.to_string(),
+        "p.yaml:3: env: expected a mapping, found a list"
+    );
+    let err = parse(&deep(10_000), "p.yaml").expect_err("too deep");
+    assert_eq!(
+        err.to_string(),
+        "p.yaml:3: (document): the document nests deeper than 128 levels"
+    );
+}
+
+#[test]
+fn modest_alias_use_is_fine() {
+    let yaml = "name: p\nenv: &common\n  A: \"1\"\nstages:\n  - name: a\n    run: x\n    env: *common\n  - name: b\n    run: x\n    env: *common\n";
+    let spec = parse(yaml, "p.yaml").expect("valid");
+    assert_eq!(spec.stages[1].env["A"], "1");
+}
+
+#[test]
+fn errors_display_as_file_line_field_message() {
+    let err = parse(
+        "name: p\nstages:\n  - name: a\n    run: x\n    retries: 11\n",
+        "dir/p.yaml",
+    )
+    .expect_err("retries");
+    assert_eq!(err.file, "dir/p.yaml");
+    assert_eq!(err.line, 5);
+    assert_eq!(err.field, "stages[0].retries");
+    assert_eq!(err.message, "must be at most 10, found 11");
+}
+
+/// A valid file to damage in the property test below.
+const VALID: &str = "name: p\nenv: { A: \"1\" }\nstages:\n  - name: build\n    run: make\n    timeout: 20m\n  - name: deploy\n    needs: [build]\n    environment: prod\n    run: ./deploy.sh\n    gate:\n      tests: { from: [build], min_pass_rate: 0.9 }\n      metrics:\n        - { name: acc, from: build, min: 0.5 }\n  - name: watch\n    needs: [deploy]\n    run: ./watch.sh\n    on_failure: rollback\n";
+
+proptest! {
+    /// Damaged files never panic, and every error points at a line of the file.
+    #[test]
+    fn damaged_files_give_errors_not_panics(
+        start in 0usize..VALID.len(),
+        len in 0usize..12,
+        insert in "[a-z:\\[\\]{}&*!#\\- \n\"'.,0-9]{0,6}",
+    ) {
+        let end = (start + len).min(VALID.len());
+        let yaml = format!("{}{}{}", &VALID[..start], insert, &VALID[end..]);
+        if let Err(err) = parse(&yaml, "p.yaml") {
+            let lines = yaml.lines().count() + 1;
+            prop_assert!(err.line <= lines, "{err} in {yaml:?}");
+            prop_assert!(!err.message.is_empty());
+            prop_assert!(!err.field.is_empty());
+        }
+    }
+}
+
+#[test]
+fn the_damage_test_starts_from_a_valid_file() {
+    parse(VALID, "p.yaml").expect("valid");
+}
