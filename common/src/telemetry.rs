@@ -10,13 +10,19 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// Installs a `tracing` subscriber filtered by `RUST_LOG` (default `info`), JSON when asked.
 /// Safe to call twice (the second call does nothing).
 pub fn init_tracing(json: bool) {
+    init_tracing_with_default(json, "info");
+}
+
+/// As `init_tracing`, with another filter when `RUST_LOG` is unset (dev mode keeps its
+/// terminal for progress and logs only warnings).
+pub fn init_tracing_with_default(json: bool, default_filter: &str) {
     let filter = match EnvFilter::try_from_default_env() {
         Ok(filter) => filter,
         Err(err) => {
             if std::env::var_os(EnvFilter::DEFAULT_ENV).is_some() {
-                eprintln!("ignoring RUST_LOG ({err}); logging at info");
+                eprintln!("ignoring RUST_LOG ({err}); logging at {default_filter}");
             }
-            EnvFilter::new("info")
+            EnvFilter::new(default_filter)
         }
     };
     let builder = tracing_subscriber::fmt()

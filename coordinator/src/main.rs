@@ -113,7 +113,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn main() -> std::process::ExitCode {
     cd_common::tls::install_crypto_provider();
     let cli = Cli::parse();
-    cd_common::telemetry::init_tracing(cli.log_json);
+    let default_filter = if matches!(cli.cmd, Cmd::Dev(_)) { "warn" } else { "info" };
+    cd_common::telemetry::init_tracing_with_default(cli.log_json, default_filter);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
