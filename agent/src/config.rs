@@ -86,7 +86,12 @@ mod tests {
 
     #[test]
     fn defaults_and_validation() {
-        let c = AgentConfig::new("a1", vec!["https://127.0.0.1:7400".into()], paths(), "/tmp/w");
+        let c = AgentConfig::new(
+            "a1",
+            vec!["https://127.0.0.1:7400".into()],
+            paths(),
+            "/tmp/w",
+        );
         assert_eq!(c.slots, 2);
         assert_eq!(c.heartbeat_interval, Duration::from_secs(2));
         assert_eq!(c.kill_grace, Duration::from_secs(5));

@@ -117,7 +117,10 @@ impl Connection {
         if slot.channel.is_none() {
             slot.channel = Some(self.channel(slot)?);
         }
-        let channel = slot.channel.clone().ok_or_else(|| Status::internal("no channel"))?;
+        let channel = slot
+            .channel
+            .clone()
+            .ok_or_else(|| Status::internal("no channel"))?;
         Ok((slot.url.clone(), AgentServiceClient::new(channel)))
     }
 
@@ -125,8 +128,8 @@ impl Connection {
         let unavailable = |what: &str, e: &dyn std::fmt::Display| {
             Status::unavailable(format!("{what} for {}: {e}", slot.url))
         };
-        let tls = client_tls(&self.tls, &slot.host)
-            .map_err(|e| unavailable("TLS configuration", &e))?;
+        let tls =
+            client_tls(&self.tls, &slot.host).map_err(|e| unavailable("TLS configuration", &e))?;
         let endpoint = Endpoint::from_shared(slot.url.clone())
             .map_err(|e| unavailable("endpoint", &e))?
             .tls_config(tls)
@@ -325,7 +328,10 @@ fn host_of(url: &str) -> Result<String, String> {
         None => return Err("missing https:// scheme".into()),
     }
     let host = uri.host().ok_or_else(|| "missing host".to_string())?;
-    Ok(host.trim_start_matches('[').trim_end_matches(']').to_string())
+    Ok(host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string())
 }
 
 #[cfg(test)]
@@ -350,9 +356,15 @@ mod tests {
 
     #[test]
     fn endpoints_are_checked_and_hosts_extracted() {
-        assert_eq!(host_of("https://127.0.0.1:7400").as_deref(), Ok("127.0.0.1"));
+        assert_eq!(
+            host_of("https://127.0.0.1:7400").as_deref(),
+            Ok("127.0.0.1")
+        );
         assert_eq!(host_of("https://[::1]:7400").as_deref(), Ok("::1"));
-        assert_eq!(host_of("https://node-2.local:7400").as_deref(), Ok("node-2.local"));
+        assert_eq!(
+            host_of("https://node-2.local:7400").as_deref(),
+            Ok("node-2.local")
+        );
         assert!(host_of("http://127.0.0.1:7400").is_err());
         assert!(host_of("127.0.0.1:7400").is_err());
         let tls = TlsPaths {
@@ -382,9 +394,10 @@ mod tests {
 
         // A follower names a leader we did not know.
         let mut status = Status::unavailable("not the leader");
-        status
-            .metadata_mut()
-            .insert(LEADER_METADATA, MetadataValue::from_static("127.0.0.1:7403"));
+        status.metadata_mut().insert(
+            LEADER_METADATA,
+            MetadataValue::from_static("127.0.0.1:7403"),
+        );
         c.note_failure("https://127.0.0.1:7402", &status);
         assert_eq!(current(&c), "https://127.0.0.1:7403");
 

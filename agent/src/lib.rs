@@ -149,9 +149,16 @@ fn dispatch(ctx: &Arc<StageContext<Connection>>, tracker: &TaskTracker, message:
                 debug!(attempt = %key, "assignment already running or finished here; ignored");
                 return;
             };
-            let span = info_span!("attempt", run = %key.run_id, stage = %key.stage, attempt = key.attempt);
-            span.in_scope(|| info!(command_bytes = assignment.command.len(), "assignment received"));
-            tracker.spawn(stage::run_attempt(ctx.clone(), assignment, key, control).instrument(span));
+            let span =
+                info_span!("attempt", run = %key.run_id, stage = %key.stage, attempt = key.attempt);
+            span.in_scope(|| {
+                info!(
+                    command_bytes = assignment.command.len(),
+                    "assignment received"
+                )
+            });
+            tracker
+                .spawn(stage::run_attempt(ctx.clone(), assignment, key, control).instrument(span));
         }
         Some(agent_message::Kind::Cancel(cancel)) => {
             let Some(key) = cancel.attempt.as_ref().map(AttemptKey::from) else {

@@ -143,7 +143,9 @@ impl AttemptLog {
 
     /// Appends a line from the agent itself (`[cd-agent] ...`), ignoring a stopped shipper.
     pub async fn note(&self, text: &str) {
-        let _ = self.write(format!("[cd-agent] {text}\n").into_bytes()).await;
+        let _ = self
+            .write(format!("[cd-agent] {text}\n").into_bytes())
+            .await;
     }
 
     /// Closes the log and waits until every chunk is acknowledged.
@@ -366,7 +368,9 @@ impl<S: LogSink> Shipper<S> {
     fn lookup(&self, key: &AttemptKey, seq: u64) -> Option<&LogChunk> {
         let state = self.attempts.get(key)?;
         let first = state.unacked.front()?.seq;
-        let chunk = state.unacked.get(usize::try_from(seq.checked_sub(first)?).ok()?)?;
+        let chunk = state
+            .unacked
+            .get(usize::try_from(seq.checked_sub(first)?).ok()?)?;
         (chunk.seq == seq).then_some(chunk)
     }
 

@@ -50,8 +50,14 @@ async fn chunks_are_cut_at_the_size_limit_numbered_and_batched() {
     let api = Arc::new(FakeApi::default());
     let (logs, _stop) = start(&api, small_config());
     let (a, b) = (key("a"), key("b"));
-    let log_a = logs.open(a.clone(), AttemptControl::new()).await.expect("open");
-    let log_b = logs.open(b.clone(), AttemptControl::new()).await.expect("open");
+    let log_a = logs
+        .open(a.clone(), AttemptControl::new())
+        .await
+        .expect("open");
+    let log_b = logs
+        .open(b.clone(), AttemptControl::new())
+        .await
+        .expect("open");
     let (first, second, other) = (pattern(5000, 0), pattern(100, 1), pattern(3000, 2));
     log_a.write(first.clone()).await.expect("write");
     log_b.write(other.clone()).await.expect("write");
@@ -61,7 +67,11 @@ async fn chunks_are_cut_at_the_size_limit_numbered_and_batched() {
 
     let chunks = api.chunks(&a);
     assert_contiguous(&chunks);
-    assert!(chunks.iter().all(|c| c.data.len() <= 1024 && !c.data.is_empty()));
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c.data.len() <= 1024 && !c.data.is_empty())
+    );
     assert!(
         chunks[..4].iter().all(|c| c.data.len() == 1024),
         "full chunks are cut as soon as the data is there"
@@ -76,7 +86,10 @@ async fn chunks_are_cut_at_the_size_limit_numbered_and_batched() {
 
     for push in api.pushes() {
         let bytes: usize = push.iter().map(|c| c.data.len()).sum();
-        assert!(push.len() == 1 || bytes <= 2048, "a batch stays within batch_bytes");
+        assert!(
+            push.len() == 1 || bytes <= 2048,
+            "a batch stays within batch_bytes"
+        );
         assert!(!push.is_empty());
     }
 }
@@ -86,7 +99,10 @@ async fn a_partial_chunk_is_flushed_after_the_interval() {
     let api = Arc::new(FakeApi::default());
     let (logs, _stop) = start(&api, small_config());
     let k = key("a");
-    let log = logs.open(k.clone(), AttemptControl::new()).await.expect("open");
+    let log = logs
+        .open(k.clone(), AttemptControl::new())
+        .await
+        .expect("open");
     log.write(b"hello\n".to_vec()).await.expect("write");
     // No finish, no size trigger: only the timer can send it.
     bounded(async {
@@ -105,10 +121,15 @@ async fn unacknowledged_chunks_are_resent_until_acknowledged() {
     api.accept_per_push(1);
     let (logs, _stop) = start(&api, small_config());
     let k = key("a");
-    let log = logs.open(k.clone(), AttemptControl::new()).await.expect("open");
+    let log = logs
+        .open(k.clone(), AttemptControl::new())
+        .await
+        .expect("open");
     let input = pattern(3500, 7);
     log.write(input.clone()).await.expect("write");
-    bounded(log.finish()).await.expect("acknowledged in the end");
+    bounded(log.finish())
+        .await
+        .expect("acknowledged in the end");
 
     // finish() returned only once everything was durable.
     let chunks = api.chunks(&k);
@@ -125,10 +146,16 @@ async fn unacknowledged_chunks_are_resent_until_acknowledged() {
             .count()
     };
     assert!(sent(0) >= 3, "seq 0 sent twice into errors, then again");
-    assert!(sent(1) >= 2, "seq 1 was not acked the first time and was resent");
+    assert!(
+        sent(1) >= 2,
+        "seq 1 was not acked the first time and was resent"
+    );
     for push in &pushes {
         let seqs: Vec<u64> = push.iter().map(|c| c.seq).collect();
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in seq order: {seqs:?}");
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "in seq order: {seqs:?}"
+        );
     }
 }
 
@@ -158,7 +185,10 @@ async fn writers_wait_while_the_buffer_is_full() {
     };
     let (logs, _stop) = start(&api, config);
     let k = key("a");
-    let log = logs.open(k.clone(), AttemptControl::new()).await.expect("open");
+    let log = logs
+        .open(k.clone(), AttemptControl::new())
+        .await
+        .expect("open");
     let mut blocked = false;
     for _ in 0..8 {
         let write = log.write(pattern(1024, 0));

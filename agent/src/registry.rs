@@ -204,7 +204,10 @@ mod tests {
         reg.finish(&key(1));
         assert!(reg.try_begin(&key(1)).is_none(), "finished");
         assert!(!reg.cancel(&key(1), CancelReason::Stale));
-        assert!(reg.try_begin(&key(2)).is_some(), "a new attempt number runs");
+        assert!(
+            reg.try_begin(&key(2)).is_some(),
+            "a new attempt number runs"
+        );
         reg.close(CancelReason::Shutdown);
         assert!(reg.try_begin(&key(3)).is_none(), "closed");
         assert_eq!(reg.live(), vec![key(2)]);

@@ -92,7 +92,10 @@ fn read_report(workspace: &Path, relative: &str, limit: u64) -> Result<Vec<u8>, 
         return Err("not a regular file".into());
     }
     if meta.len() > limit {
-        return Err(format!("{} bytes is over the {limit}-byte limit", meta.len()));
+        return Err(format!(
+            "{} bytes is over the {limit}-byte limit",
+            meta.len()
+        ));
     }
     std::fs::read(&path).map_err(|e| e.to_string())
 }

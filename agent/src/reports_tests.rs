@@ -52,7 +52,10 @@ fn junit_bare_testsuite_and_empty_suites() {
 #[test]
 fn junit_malformed_or_foreign_documents_are_errors() {
     let unclosed = parse_junit(b"<testsuite><testcase name=\"a\">").unwrap_err();
-    assert!(unclosed.contains("malformed") || unclosed.contains("end"), "{unclosed}");
+    assert!(
+        unclosed.contains("malformed") || unclosed.contains("end"),
+        "{unclosed}"
+    );
     let mismatched = parse_junit(b"<testsuite><testcase></testsuite>").unwrap_err();
     assert!(mismatched.contains("malformed"), "{mismatched}");
     let foreign = parse_junit(b"<html><body/></html>").unwrap_err();
@@ -73,7 +76,11 @@ fn metrics_good_and_bad_values() {
     assert_eq!(m.len(), 1);
     assert_eq!(m["f1"], 0.8);
     assert_eq!(problems.len(), 2);
-    assert!(problems.iter().any(|p| p.contains("\"accuracy\"") && p.contains("string")));
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("\"accuracy\"") && p.contains("string"))
+    );
 
     let (m, problems) = parse_metrics(b"[1, 2]");
     assert!(m.is_empty() && problems[0].contains("object"));

@@ -269,7 +269,11 @@ async fn log_exit(log: &AttemptLog, exit: &Exit) {
 }
 
 /// The result for a command the agent stopped: a timeout is a failure, anything else a cancel.
-async fn stopped_result(control: &AttemptControl, log: &AttemptLog, started: Instant) -> StageResult {
+async fn stopped_result(
+    control: &AttemptControl,
+    log: &AttemptLog,
+    started: Instant,
+) -> StageResult {
     match control.reason() {
         Some(reason @ CancelReason::Timeout(_)) => {
             let message = reason.to_string();
@@ -285,7 +289,11 @@ async fn stopped_result(control: &AttemptControl, log: &AttemptLog, started: Ins
     }
 }
 
-async fn cancelled_result(control: &AttemptControl, log: &AttemptLog, started: Instant) -> StageResult {
+async fn cancelled_result(
+    control: &AttemptControl,
+    log: &AttemptLog,
+    started: Instant,
+) -> StageResult {
     let reason = control
         .reason()
         .map_or_else(|| "cancelled".to_string(), |r| r.to_string());

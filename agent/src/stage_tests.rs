@@ -1,1 +1,274 @@
+//! Whole-attempt tests: real processes, the real log shipper, a fake coordinator.
+
 use super::*;
+use std::collections::HashMap;
+
+use cd_proto::v1::{AttemptRef, Reports, TestCounts};
+use tokio_util::sync::CancellationToken;
+
+use crate::executor::process::ProcessExecutor;
+use crate::logship::{self, LogConfig};
+use crate::test_support::FakeApi;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+struct Harness {
+    api: Arc<FakeApi>,
+    ctx: Arc<StageContext<FakeApi>>,
+    root: tempfile::TempDir,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+fn harness() -> Harness {
+    let api = Arc::new(FakeApi::default());
+    let stop = CancellationToken::new();
+    let config = LogConfig {
+        chunk_bytes: 1024,
+        batch_bytes: 4096,
+        flush_interval: Duration::from_millis(20),
+        ..Default::default()
+    };
+    let (logs, _task) = logship::spawn(api.clone(), config, stop.clone());
+    let root = tempfile::tempdir().expect("tempdir");
+    let ctx = Arc::new(StageContext {
+        api: api.clone(),
+        logs,
+        executor: Arc::new(ProcessExecutor::new(root.path())),
+        registry: Arc::new(Registry::new()),
+        slots: Arc::new(Semaphore::new(2)),
+        agent: "agent-1".into(),
+        kill_grace: Duration::from_secs(2),
+    });
+    Harness {
+        api,
+        ctx,
+        root,
+        _stop: stop.drop_guard(),
+    }
+}
+
+fn assignment(stage: &str, command: &str) -> Assignment {
+    Assignment {
+        attempt: Some(AttemptRef {
+            run_id: "run-7".into(),
+            stage: stage.into(),
+            attempt: 2,
+        }),
+        pipeline: "web".into(),
+        revision: "abc123".into(),
+        command: command.into(),
+        env: HashMap::from([("GREETING".to_string(), "hi".to_string())]),
+        environment: "staging".into(),
+        ..Default::default()
+    }
+}
+
+impl Harness {
+    /// Runs the attempt to its end; returns its key and control.
+    async fn run(&self, a: Assignment) -> (AttemptKey, AttemptControl) {
+        let key = AttemptKey::from(a.attempt.as_ref().expect("attempt"));
+        let control = self.ctx.registry.try_begin(&key).expect("new attempt");
+        let task = run_attempt(self.ctx.clone(), a, key.clone(), control.clone());
+        tokio::time::timeout(LIMIT, task)
+            .await
+            .expect("attempt finished in time");
+        (key, control)
+    }
+
+    fn result(&self, key: &AttemptKey) -> StageResult {
+        let results = self.api.results();
+        assert_eq!(results.len(), 1, "exactly one result: {results:?}");
+        assert_eq!(results[0].0, key.to_ref());
+        results[0].1.clone()
+    }
+}
+
+#[tokio::test]
+async fn output_reaches_the_log_in_order_with_contiguous_seq() {
+    let h = harness();
+    let script = "echo \"$GREETING $CD_RUN_ID $CD_PIPELINE $CD_STAGE $CD_ATTEMPT $CD_REVISION \
+                  $CD_ENVIRONMENT $CD_AGENT\"; test \"$(pwd)\" = \"$CD_WORKSPACE\" && echo in-workspace; \
+                  i=1; while [ $i -le 400 ]; do echo line-$i; echo warn-$i >&2; i=$((i+1)); done; \
+                  printf 'no newline at the end'";
+    let (key, _) = h.run(assignment("build", script)).await;
+
+    let result = h.result(&key);
+    assert_eq!(result.exit_code, 0);
+    assert!(!result.cancelled);
+    assert!(result.errors.is_empty(), "{:?}", result.errors);
+    assert_eq!(h.api.started(), vec![key.to_ref()]);
+
+    let chunks = h.api.chunks(&key);
+    assert!(chunks.len() > 5, "the output spans many chunks");
+    for (i, c) in chunks.iter().enumerate() {
+        assert_eq!(c.seq, i as u64);
+        assert!(c.data.len() <= 1024);
+    }
+    let text = h.api.log_text(&key);
+    assert!(text.starts_with("hi run-7 web build 2 abc123 staging agent-1\nin-workspace\n"));
+    // stdout's partial last line is kept (stderr lines may still follow it).
+    assert!(text.contains("line-400\nno newline at the end"), "{text}");
+    let positions = |prefix: &str| -> Vec<usize> {
+        (1..=400)
+            .map(|i| {
+                text.find(&format!("{prefix}-{i}\n"))
+                    .unwrap_or_else(|| panic!("{prefix}-{i} missing"))
+            })
+            .collect()
+    };
+    for prefix in ["line", "warn"] {
+        let pos = positions(prefix);
+        assert!(
+            pos.windows(2).all(|w| w[0] < w[1]),
+            "{prefix} lines in order"
+        );
+    }
+    assert!(
+        std::fs::read_dir(h.root.path())
+            .expect("root")
+            .next()
+            .is_none(),
+        "workspace removed"
+    );
+    assert!(
+        h.ctx.registry.try_begin(&key).is_none(),
+        "finished attempts do not rerun"
+    );
+}
+
+#[tokio::test]
+async fn exit_code_and_reports_are_reported() {
+    let h = harness();
+    let mut a = assignment(
+        "test",
+        "mkdir -p out; \
+         echo '<testsuite><testcase name=\"a\"/><testcase name=\"b\"><failure/></testcase></testsuite>' > out/junit.xml; \
+         echo '{\"accuracy\": 0.95}' > metrics.json; exit 4",
+    );
+    a.reports = Some(Reports {
+        junit: "out/junit.xml".into(),
+        metrics: "metrics.json".into(),
+    });
+    let (key, _) = h.run(a).await;
+    let result = h.result(&key);
+    assert_eq!(result.exit_code, 4);
+    assert_eq!(
+        result.tests,
+        Some(TestCounts {
+            total: 2,
+            passed: 1,
+            failed: 1,
+            errors: 0,
+            skipped: 0
+        })
+    );
+    assert_eq!(result.metrics.get("accuracy"), Some(&0.95));
+    assert!(result.errors.is_empty());
+    assert!(h.api.log_text(&key).contains("command exited with code 4"));
+}
+
+#[tokio::test]
+async fn a_missing_report_is_an_error_not_a_failure() {
+    let h = harness();
+    let mut a = assignment("accept", "true");
+    a.reports = Some(Reports {
+        junit: "../outside.xml".into(),
+        metrics: "metrics.json".into(),
+    });
+    let (key, _) = h.run(a).await;
+    let result = h.result(&key);
+    assert_eq!(result.exit_code, 0);
+    assert_eq!(result.tests, None);
+    assert_eq!(
+        result.errors,
+        vec![
+            "junit report ../outside.xml: path escapes the workspace".to_string(),
+            "metrics report metrics.json: file not found".to_string(),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_timeout_is_a_failure_with_the_timed_out_error() {
+    let h = harness();
+    let mut a = assignment("slow", "echo begin; sleep 100");
+    a.timeout_ms = 300;
+    let (key, _) = h.run(a).await;
+    let result = h.result(&key);
+    assert!(!result.cancelled);
+    assert_eq!(result.exit_code, -1);
+    assert_eq!(result.errors, vec!["timed out after 300ms".to_string()]);
+    assert!(result.duration_ms >= 300);
+    let log = h.api.log_text(&key);
+    assert!(
+        log.starts_with("begin\n") && log.contains("timed out after 300ms"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_server_cancel_is_reported_as_cancelled() {
+    let h = harness();
+    let a = assignment("deploy", "echo started; sleep 100");
+    let key = AttemptKey::from(a.attempt.as_ref().expect("attempt"));
+    let control = h.ctx.registry.try_begin(&key).expect("new");
+    let task = tokio::spawn(run_attempt(h.ctx.clone(), a, key.clone(), control));
+    tokio::time::timeout(LIMIT, async {
+        while !h.api.log_text(&key).contains("started") {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the command started");
+    assert!(
+        h.ctx
+            .registry
+            .cancel(&key, CancelReason::Server("user asked".into()))
+    );
+    tokio::time::timeout(LIMIT, task)
+        .await
+        .expect("ended in time")
+        .expect("task");
+    let result = h.result(&key);
+    assert!(result.cancelled);
+    assert!(result.errors.is_empty());
+    assert!(h.api.log_text(&key).contains("user asked"));
+}
+
+#[tokio::test]
+async fn a_copy_failure_fails_the_stage_with_a_clear_message() {
+    let h = harness();
+    let mut a = assignment("build", "echo should-not-run");
+    a.source_path = "/nonexistent/conveyor-src".into();
+    let (key, _) = h.run(a).await;
+    let result = h.result(&key);
+    assert_eq!(result.exit_code, -1);
+    assert_eq!(result.errors.len(), 1);
+    assert!(
+        result.errors[0].contains("cannot copy source /nonexistent/conveyor-src"),
+        "{:?}",
+        result.errors
+    );
+    let log = h.api.log_text(&key);
+    assert!(log.contains("cannot copy source") && !log.contains("should-not-run"));
+}
+
+#[tokio::test]
+async fn a_refused_start_runs_nothing_and_reports_nothing() {
+    let h = harness();
+    h.api.refuse_start();
+    let (key, _) = h.run(assignment("build", "echo ran > /dev/stderr")).await;
+    assert!(h.api.results().is_empty());
+    assert!(h.api.chunks(&key).is_empty());
+}
+
+#[tokio::test]
+async fn a_stale_log_cancels_and_drops_the_result() {
+    let h = harness();
+    let a = assignment("build", "echo one; sleep 100");
+    let key = AttemptKey::from(a.attempt.as_ref().expect("attempt"));
+    h.api.mark_stale(&key);
+    let (_, control) = h.run(a).await;
+    assert_eq!(control.reason(), Some(&CancelReason::Stale));
+    assert!(h.api.results().is_empty());
+}

@@ -53,7 +53,8 @@ fn dev_certs(dir: &Path) -> anyhow::Result<(TlsPaths, TlsPaths, TlsPaths)> {
     let make = |role: Role, name: &str| -> anyhow::Result<TlsPaths> {
         let paths = TlsPaths::in_dir(dir, name);
         if !paths.cert.exists() {
-            certs::issue(dir, dir, role, name, &[], 365).with_context(|| format!("issuing {name}"))?;
+            certs::issue(dir, dir, role, name, &[], 365)
+                .with_context(|| format!("issuing {name}"))?;
         }
         Ok(paths)
     };
@@ -79,7 +80,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         Ok(l) => l,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
             let any = SocketAddr::new(args.listen.ip(), 0);
-            eprintln!("{} is in use; listening on a free port instead", args.listen);
+            eprintln!(
+                "{} is in use; listening on a free port instead",
+                args.listen
+            );
             tokio::net::TcpListener::bind(any)
                 .await
                 .with_context(|| format!("cannot listen on {any}"))?
@@ -104,11 +108,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         kill_grace: Duration::from_secs(5),
     };
     let agent_stop = shutdown.clone();
-    let agent = tokio::spawn(async move { cd_agent::run(agent_cfg, agent_stop.cancelled_owned()).await });
+    let agent =
+        tokio::spawn(async move { cd_agent::run(agent_cfg, agent_stop.cancelled_owned()).await });
 
-    eprintln!("Conveyor dev coordinator on {endpoint} (data in {})", data_dir.display());
+    eprintln!(
+        "Conveyor dev coordinator on {endpoint} (data in {})",
+        data_dir.display()
+    );
     eprintln!("Point cdctl at it with:");
-    eprintln!("  export CD_ENDPOINT={endpoint} CD_CERT_DIR={}", cert_dir.display());
+    eprintln!(
+        "  export CD_ENDPOINT={endpoint} CD_CERT_DIR={}",
+        cert_dir.display()
+    );
     if args.data_dir.is_none() {
         eprintln!("(data is removed on exit; pass --data-dir to keep it)");
     }
@@ -165,9 +176,13 @@ async fn drive_run(
     args: &DevArgs,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<u8> {
-    let yaml = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let yaml =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let abs = std::fs::canonicalize(file)?;
-    let base_dir = abs.parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let base_dir = abs
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut client = connect(endpoint, tls).await?;
     let applied = client
         .apply_pipeline(pb::ApplyPipelineRequest {
@@ -191,7 +206,9 @@ async fn drive_run(
         .into_inner();
     eprintln!("Run {} of pipeline {pipeline} started", run.id);
     let mut stream = client
-        .watch_run(pb::WatchRunRequest { run_id: run.id.clone() })
+        .watch_run(pb::WatchRunRequest {
+            run_id: run.id.clone(),
+        })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
         .into_inner();
@@ -216,8 +233,15 @@ async fn drive_run(
     eprintln!(
         "Run {} {}{}",
         last.id,
-        state.as_str_name().trim_start_matches("RUN_STATE_").to_lowercase(),
-        if last.reason.is_empty() { String::new() } else { format!(": {}", last.reason) }
+        state
+            .as_str_name()
+            .trim_start_matches("RUN_STATE_")
+            .to_lowercase(),
+        if last.reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", last.reason)
+        }
     );
     Ok(if ok { 0 } else { 1 })
 }
@@ -230,7 +254,11 @@ fn print_changes(run: &pb::Run, seen: &mut HashMap<String, (i32, usize)>) {
         }
         seen.insert(s.name.clone(), now);
         let state = pb::StageState::try_from(s.state)
-            .map(|st| st.as_str_name().trim_start_matches("STAGE_STATE_").to_lowercase())
+            .map(|st| {
+                st.as_str_name()
+                    .trim_start_matches("STAGE_STATE_")
+                    .to_lowercase()
+            })
             .unwrap_or_else(|_| "unknown".into());
         let mut line = format!("  {:<20} {state}", s.name);
         if let Some(a) = s.attempts.last() {

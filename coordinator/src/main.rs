@@ -13,7 +13,11 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "cd-coordinator", version, about = "Conveyor coordinator: stores pipeline state with Raft and schedules stages onto agents")]
+#[command(
+    name = "cd-coordinator",
+    version,
+    about = "Conveyor coordinator: stores pipeline state with Raft and schedules stages onto agents"
+)]
 struct Cli {
     /// Log as JSON lines (for log shippers) instead of text.
     #[arg(long, global = true)]
@@ -68,13 +72,14 @@ pub(crate) fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -113,7 +118,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn main() -> std::process::ExitCode {
     cd_common::tls::install_crypto_provider();
     let cli = Cli::parse();
-    let default_filter = if matches!(cli.cmd, Cmd::Dev(_)) { "warn" } else { "info" };
+    let default_filter = if matches!(cli.cmd, Cmd::Dev(_)) {
+        "warn"
+    } else {
+        "info"
+    };
     cd_common::telemetry::init_tracing_with_default(cli.log_json, default_filter);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -87,7 +87,15 @@ impl Coordinator {
         };
         let handle = node.clone();
         let task = tokio::spawn(async move {
-            let served = api::serve(listener, &cfg.tls, handle, sessions, api_cfg, shutdown.clone()).await;
+            let served = api::serve(
+                listener,
+                &cfg.tls,
+                handle,
+                sessions,
+                api_cfg,
+                shutdown.clone(),
+            )
+            .await;
             // The API is down (or failed to start): stop the rest, the node last so it can
             // write its final snapshot.
             shutdown.cancel();

@@ -33,7 +33,15 @@ fn dev_once_runs_the_example_to_production() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = bin()
         .current_dir(&root)
-        .args(["dev", "--once", "--listen", "127.0.0.1:0", "--run", "examples/ml-model/pipeline.yaml", "--data-dir"])
+        .args([
+            "dev",
+            "--once",
+            "--listen",
+            "127.0.0.1:0",
+            "--run",
+            "examples/ml-model/pipeline.yaml",
+            "--data-dir",
+        ])
         .arg(dir.path().join("dev"))
         .arg("--param")
         .arg(format!("ML_STORE={}", dir.path().join("store").display()))
@@ -43,5 +51,8 @@ fn dev_once_runs_the_example_to_production() {
     assert!(out.status.success(), "dev --once failed: {err}");
     assert!(err.contains("deploy-production"), "{err}");
     assert!(err.contains("succeeded"), "{err}");
-    assert!(dir.path().join("store/production/model.txt").exists(), "model deployed to production");
+    assert!(
+        dir.path().join("store/production/model.txt").exists(),
+        "model deployed to production"
+    );
 }

@@ -50,7 +50,9 @@ impl Certs {
     pub fn new(dir: &Path) -> Result<Certs> {
         std::fs::create_dir_all(dir)?;
         certs::init_ca(dir, certs::DEFAULT_TRUST_DOMAIN)?;
-        Ok(Certs { dir: dir.to_path_buf() })
+        Ok(Certs {
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// Issues (once) and returns the files of `name` in role `role`.
@@ -120,7 +122,14 @@ impl Coordinator {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let (proc, endpoint) = spawn_coordinator(data_dir, &tls, "127.0.0.1:0", &extra)?;
         let addr = endpoint.trim_start_matches("https://").to_string();
-        Ok(Coordinator { proc, endpoint, addr, data_dir: data_dir.to_path_buf(), tls, extra })
+        Ok(Coordinator {
+            proc,
+            endpoint,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            tls,
+            extra,
+        })
     }
 
     /// Kills the node with SIGKILL (no snapshot, no clean shutdown).
@@ -131,8 +140,13 @@ impl Coordinator {
     /// Starts the node again on the same data dir and port.
     pub fn restart(&mut self) -> Result<()> {
         self.proc.kill9();
-        let (proc, endpoint) = spawn_coordinator(&self.data_dir, &self.tls, &self.addr, &self.extra)?;
-        anyhow::ensure!(endpoint == self.endpoint, "restarted on {endpoint}, not {}", self.endpoint);
+        let (proc, endpoint) =
+            spawn_coordinator(&self.data_dir, &self.tls, &self.addr, &self.extra)?;
+        anyhow::ensure!(
+            endpoint == self.endpoint,
+            "restarted on {endpoint}, not {}",
+            self.endpoint
+        );
         self.proc = proc;
         Ok(())
     }
@@ -142,10 +156,18 @@ impl Coordinator {
     }
 }
 
-fn spawn_coordinator(data_dir: &Path, tls: &TlsPaths, listen: &str, extra: &[String]) -> Result<(Proc, String)> {
+fn spawn_coordinator(
+    data_dir: &Path,
+    tls: &TlsPaths,
+    listen: &str,
+    extra: &[String],
+) -> Result<(Proc, String)> {
     std::fs::create_dir_all(data_dir)?;
     let log = data_dir.join("coordinator.log");
-    let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
     let mut child = Command::new(bin("cd-coordinator"))
         .arg("serve")
         .arg("--listen")
@@ -159,7 +181,10 @@ fn spawn_coordinator(data_dir: &Path, tls: &TlsPaths, listen: &str, extra: &[Str
         .arg("--key")
         .arg(&tls.key)
         .args(extra)
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(stderr)
@@ -167,7 +192,10 @@ fn spawn_coordinator(data_dir: &Path, tls: &TlsPaths, listen: &str, extra: &[Str
         .context("spawning cd-coordinator")?;
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
     let mut lines = BufReader::new(stdout).lines();
-    let proc = Proc { child, log: log.clone() };
+    let proc = Proc {
+        child,
+        log: log.clone(),
+    };
     let first = lines.next().transpose()?.unwrap_or_default();
     let endpoint = match first.strip_prefix("listening on ") {
         Some(e) => e.trim().to_string(),
@@ -188,10 +216,19 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn start(name: &str, endpoint: &str, tls: &TlsPaths, work_dir: &Path, extra: &[&str]) -> Result<Agent> {
+    pub fn start(
+        name: &str,
+        endpoint: &str,
+        tls: &TlsPaths,
+        work_dir: &Path,
+        extra: &[&str],
+    ) -> Result<Agent> {
         std::fs::create_dir_all(work_dir)?;
         let log = work_dir.join(format!("{name}.log"));
-        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let child = Command::new(bin("cd-agent"))
             .arg("--name")
             .arg(name)
@@ -206,13 +243,19 @@ impl Agent {
             .arg("--work-dir")
             .arg(work_dir)
             .args(extra)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
             .context("spawning cd-agent")?;
-        Ok(Agent { proc: Proc { child, log }, name: name.to_string() })
+        Ok(Agent {
+            proc: Proc { child, log },
+            name: name.to_string(),
+        })
     }
 }
 
@@ -260,11 +303,19 @@ pub async fn wait_run(
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            bail!("timed out waiting for run {run_id}; last seen: {}", describe(last.as_ref()));
+            bail!(
+                "timed out waiting for run {run_id}; last seen: {}",
+                describe(last.as_ref())
+            );
         }
         let attempt = tokio::time::timeout(left, async {
             let mut c = client(endpoint, tls).await?;
-            let mut s = c.watch_run(pb::WatchRunRequest { run_id: run_id.into() }).await?.into_inner();
+            let mut s = c
+                .watch_run(pb::WatchRunRequest {
+                    run_id: run_id.into(),
+                })
+                .await?
+                .into_inner();
             while let Some(run) = s.message().await? {
                 if pred(&run) {
                     return Ok::<_, anyhow::Error>(Some(run));
@@ -281,24 +332,45 @@ pub async fn wait_run(
                 if let Some(r) = &last
                     && r.state != RunState::Running as i32
                 {
-                    bail!("run {run_id} ended without the awaited condition: {}", describe(Some(r)));
+                    bail!(
+                        "run {run_id} ended without the awaited condition: {}",
+                        describe(Some(r))
+                    );
                 }
             }
             Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
-            Err(_) => bail!("timed out waiting for run {run_id}; last seen: {}", describe(last.as_ref())),
+            Err(_) => bail!(
+                "timed out waiting for run {run_id}; last seen: {}",
+                describe(last.as_ref())
+            ),
         }
     }
 }
 
 /// Waits until the run is final.
-pub async fn wait_final(endpoint: &str, tls: &TlsPaths, run_id: &str, timeout: Duration) -> Result<pb::Run> {
-    wait_run(endpoint, tls, run_id, timeout, |r| r.state != RunState::Running as i32).await
+pub async fn wait_final(
+    endpoint: &str,
+    tls: &TlsPaths,
+    run_id: &str,
+    timeout: Duration,
+) -> Result<pb::Run> {
+    wait_run(endpoint, tls, run_id, timeout, |r| {
+        r.state != RunState::Running as i32
+    })
+    .await
 }
 
 /// One line per stage, for failure messages.
 pub fn describe(run: Option<&pb::Run>) -> String {
-    let Some(run) = run else { return "nothing".into() };
-    let mut s = format!("{} {:?} {}", run.id, RunState::try_from(run.state).ok(), run.reason);
+    let Some(run) = run else {
+        return "nothing".into();
+    };
+    let mut s = format!(
+        "{} {:?} {}",
+        run.id,
+        RunState::try_from(run.state).ok(),
+        run.reason
+    );
     for st in &run.stages {
         s.push_str(&format!(
             "\n  {} {:?} attempts={} {}",
@@ -312,17 +384,31 @@ pub fn describe(run: Option<&pb::Run>) -> String {
 }
 
 pub fn stage<'a>(run: &'a pb::Run, name: &str) -> &'a pb::Stage {
-    run.stages.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("run {} has no stage {name}", run.id))
+    run.stages
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("run {} has no stage {name}", run.id))
 }
 
 pub fn stage_is(run: &pb::Run, name: &str, state: StageState) -> bool {
-    run.stages.iter().any(|s| s.name == name && s.state == state as i32)
+    run.stages
+        .iter()
+        .any(|s| s.name == name && s.state == state as i32)
 }
 
 /// All stored log bytes of a stage (every attempt, in order).
-pub async fn logs(c: &mut ControlServiceClient<Channel>, run_id: &str, stage: &str) -> Result<Vec<u8>> {
+pub async fn logs(
+    c: &mut ControlServiceClient<Channel>,
+    run_id: &str,
+    stage: &str,
+) -> Result<Vec<u8>> {
     let mut s = c
-        .follow_logs(pb::FollowLogsRequest { run_id: run_id.into(), stage: stage.into(), attempt: 0, follow: false })
+        .follow_logs(pb::FollowLogsRequest {
+            run_id: run_id.into(),
+            stage: stage.into(),
+            attempt: 0,
+            follow: false,
+        })
         .await?
         .into_inner();
     let mut out = Vec::new();
@@ -332,7 +418,11 @@ pub async fn logs(c: &mut ControlServiceClient<Channel>, run_id: &str, stage: &s
     Ok(out)
 }
 
-pub async fn apply_pipeline(c: &mut ControlServiceClient<Channel>, yaml: &str, base_dir: &Path) -> Result<pb::Pipeline> {
+pub async fn apply_pipeline(
+    c: &mut ControlServiceClient<Channel>,
+    yaml: &str,
+    base_dir: &Path,
+) -> Result<pb::Pipeline> {
     let r = c
         .apply_pipeline(pb::ApplyPipelineRequest {
             spec_yaml: yaml.into(),
@@ -344,12 +434,19 @@ pub async fn apply_pipeline(c: &mut ControlServiceClient<Channel>, yaml: &str, b
     r.pipeline.ok_or_else(|| anyhow!("no pipeline returned"))
 }
 
-pub async fn start_run(c: &mut ControlServiceClient<Channel>, pipeline: &str, params: &[(&str, &str)]) -> Result<String> {
+pub async fn start_run(
+    c: &mut ControlServiceClient<Channel>,
+    pipeline: &str,
+    params: &[(&str, &str)],
+) -> Result<String> {
     let r = c
         .start_run(pb::StartRunRequest {
             pipeline: pipeline.into(),
             revision: "test".into(),
-            params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             trigger: "test".into(),
         })
         .await?
@@ -371,7 +468,10 @@ pub fn cdctl(endpoint: &str, tls: &TlsPaths) -> Command {
 
 /// The workspace root (for examples/).
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).expect("workspace root")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .expect("workspace root")
 }
 
 /// Whether a process exists (signal 0).
@@ -389,12 +489,22 @@ pub struct Single {
 }
 
 impl Single {
-    pub async fn start(agent_names: &[&str], coord_extra: &[&str], agent_extra: &[&str]) -> Result<Single> {
+    pub async fn start(
+        agent_names: &[&str],
+        coord_extra: &[&str],
+        agent_extra: &[&str],
+    ) -> Result<Single> {
         let tmp = tempfile::Builder::new().prefix("cd-test-").tempdir()?;
         let certs = Certs::new(&tmp.path().join("certs"))?;
         let coord = Coordinator::start(&tmp.path().join("node"), &certs, coord_extra)?;
         let op = certs.operator();
-        let mut s = Single { tmp, certs, coord, agents: Vec::new(), op };
+        let mut s = Single {
+            tmp,
+            certs,
+            coord,
+            agents: Vec::new(),
+            op,
+        };
         for name in agent_names {
             s.add_agent(name, agent_extra)?;
         }
@@ -414,19 +524,32 @@ impl Single {
     pub async fn wait_agents(&self, names: &[&str]) -> Result<()> {
         let endpoint = self.coord.endpoint.clone();
         let op = self.op.clone();
-        let logs: Vec<String> = self.agents.iter().map(|a| a.proc.log.display().to_string()).collect();
-        eventually(&format!("agents {names:?} to connect (logs in {logs:?})"), Duration::from_secs(30), || {
-            let endpoint = endpoint.clone();
-            let op = op.clone();
-            async move {
-                let mut c = client(&endpoint, &op).await.ok()?;
-                let agents = c.list_agents(pb::ListAgentsRequest {}).await.ok()?.into_inner().agents;
-                names
-                    .iter()
-                    .all(|n| agents.iter().any(|a| a.name == *n && a.connected))
-                    .then_some(())
-            }
-        })
+        let logs: Vec<String> = self
+            .agents
+            .iter()
+            .map(|a| a.proc.log.display().to_string())
+            .collect();
+        eventually(
+            &format!("agents {names:?} to connect (logs in {logs:?})"),
+            Duration::from_secs(30),
+            || {
+                let endpoint = endpoint.clone();
+                let op = op.clone();
+                async move {
+                    let mut c = client(&endpoint, &op).await.ok()?;
+                    let agents = c
+                        .list_agents(pb::ListAgentsRequest {})
+                        .await
+                        .ok()?
+                        .into_inner()
+                        .agents;
+                    names
+                        .iter()
+                        .all(|n| agents.iter().any(|a| a.name == *n && a.connected))
+                        .then_some(())
+                }
+            },
+        )
         .await
     }
 
@@ -438,7 +561,12 @@ impl Single {
         wait_final(&self.coord.endpoint, &self.op, run_id, timeout).await
     }
 
-    pub async fn wait_run(&self, run_id: &str, timeout: Duration, pred: impl Fn(&pb::Run) -> bool) -> Result<pb::Run> {
+    pub async fn wait_run(
+        &self,
+        run_id: &str,
+        timeout: Duration,
+        pred: impl Fn(&pb::Run) -> bool,
+    ) -> Result<pb::Run> {
         wait_run(&self.coord.endpoint, &self.op, run_id, timeout, pred).await
     }
 

@@ -15,9 +15,11 @@ fn pids(file: &Path) -> Vec<i32> {
 }
 
 async fn all_gone(pids: &[i32]) -> anyhow::Result<()> {
-    eventually(&format!("processes {pids:?} to exit"), Duration::from_secs(20), || async {
-        pids.iter().all(|p| !alive(*p)).then_some(())
-    })
+    eventually(
+        &format!("processes {pids:?} to exit"),
+        Duration::from_secs(20),
+        || async { pids.iter().all(|p| !alive(*p)).then_some(()) },
+    )
     .await
 }
 
@@ -40,18 +42,37 @@ async fn cancel_kills_the_whole_process_tree() -> anyhow::Result<()> {
     apply_pipeline(&mut c, TREE, s.tmp.path()).await?;
     let pid_file = s.path("pids");
     let id = start_run(&mut c, "tree", &[("PIDS", &pid_file.to_string_lossy())]).await?;
-    s.wait_run(&id, Duration::from_secs(30), |r| stage_is(r, "sleepy", StageState::Running)).await?;
-    let started = eventually("three processes to start", Duration::from_secs(20), || async {
-        let p = pids(&pid_file);
-        (p.len() == 3).then_some(p)
+    s.wait_run(&id, Duration::from_secs(30), |r| {
+        stage_is(r, "sleepy", StageState::Running)
     })
+    .await?;
+    let started = eventually(
+        "three processes to start",
+        Duration::from_secs(20),
+        || async {
+            let p = pids(&pid_file);
+            (p.len() == 3).then_some(p)
+        },
+    )
     .await?;
     assert!(started.iter().all(|p| alive(*p)));
 
-    let out = s.cdctl().args(["run", "cancel", &id, "--reason", "test"]).output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = s
+        .cdctl()
+        .args(["run", "cancel", &id, "--reason", "test"])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let run = s.wait_final(&id, Duration::from_secs(30)).await?;
-    assert_eq!(run.state, RunState::Cancelled as i32, "{}", describe(Some(&run)));
+    assert_eq!(
+        run.state,
+        RunState::Cancelled as i32,
+        "{}",
+        describe(Some(&run))
+    );
     assert_eq!(stage(&run, "sleepy").state, StageState::Cancelled as i32);
     assert!(stage(&run, "sleepy").reason.contains("test"));
     all_gone(&started).await
@@ -79,10 +100,19 @@ async fn a_stage_timeout_fails_the_stage_and_stops_it() -> anyhow::Result<()> {
     let pid_file = s.path("pids");
     let id = start_run(&mut c, "slow", &[("PIDS", &pid_file.to_string_lossy())]).await?;
     let run = s.wait_final(&id, Duration::from_secs(30)).await?;
-    assert_eq!(run.state, RunState::Failed as i32, "{}", describe(Some(&run)));
+    assert_eq!(
+        run.state,
+        RunState::Failed as i32,
+        "{}",
+        describe(Some(&run))
+    );
     let slow = stage(&run, "slow");
     assert_eq!(slow.state, StageState::Failed as i32);
-    assert!(slow.reason.contains("timed out after 1s"), "{}", slow.reason);
+    assert!(
+        slow.reason.contains("timed out after 1s"),
+        "{}",
+        slow.reason
+    );
     assert_eq!(stage(&run, "never").state, StageState::Skipped as i32);
     let started = pids(&pid_file);
     assert_eq!(started.len(), 1, "the stage started its sleep");

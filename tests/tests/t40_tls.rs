@@ -16,14 +16,24 @@ async fn clients_and_agents_without_a_valid_certificate_are_refused() -> anyhow:
     // A client that trusts the CA but presents no certificate: TLS 1.3 lets it connect, the
     // first RPC fails.
     let ca = Certificate::from_pem(std::fs::read(&s.op.ca)?);
-    let no_cert = ClientTlsConfig::new().ca_certificate(ca).domain_name("localhost");
+    let no_cert = ClientTlsConfig::new()
+        .ca_certificate(ca)
+        .domain_name("localhost");
     let refused = async {
-        let ch = Endpoint::from_shared(s.coord.endpoint.clone())?.tls_config(no_cert)?.connect().await?;
-        ControlServiceClient::new(ch).list_pipelines(pb::ListPipelinesRequest {}).await?;
+        let ch = Endpoint::from_shared(s.coord.endpoint.clone())?
+            .tls_config(no_cert)?
+            .connect()
+            .await?;
+        ControlServiceClient::new(ch)
+            .list_pipelines(pb::ListPipelinesRequest {})
+            .await?;
         anyhow::Ok(())
     }
     .await;
-    assert!(refused.is_err(), "a client without a certificate was served");
+    assert!(
+        refused.is_err(),
+        "a client without a certificate was served"
+    );
 
     // A certificate from another CA.
     let other = Certs::new(&s.path("other-ca"))?;
@@ -34,12 +44,19 @@ async fn clients_and_agents_without_a_valid_certificate_are_refused() -> anyhow:
         anyhow::Ok(())
     }
     .await;
-    assert!(refused.is_err(), "a certificate from another CA was accepted");
+    assert!(
+        refused.is_err(),
+        "a certificate from another CA was accepted"
+    );
 
     // Plaintext HTTP/2 is not served at all.
     let plain = async {
-        let ch = Endpoint::from_shared(s.coord.endpoint.replace("https://", "http://"))?.connect().await?;
-        ControlServiceClient::new(ch).list_pipelines(pb::ListPipelinesRequest {}).await?;
+        let ch = Endpoint::from_shared(s.coord.endpoint.replace("https://", "http://"))?
+            .connect()
+            .await?;
+        ControlServiceClient::new(ch)
+            .list_pipelines(pb::ListPipelinesRequest {})
+            .await?;
         anyhow::Ok(())
     }
     .await;
@@ -47,14 +64,29 @@ async fn clients_and_agents_without_a_valid_certificate_are_refused() -> anyhow:
 
     // An agent with a foreign certificate never registers; it says why in its log.
     let agent_tls = other.tls(Role::Agent, "rogue");
-    let agent = Agent::start("rogue", &s.coord.endpoint, &agent_tls, &s.path("rogue"), &[])?;
-    eventually("the rogue agent to log its connection failure", Duration::from_secs(20), || async {
-        let log = agent.proc.log_text().to_lowercase();
-        (log.contains("certificate") || log.contains("tls") || log.contains("handshake")).then_some(())
-    })
+    let agent = Agent::start(
+        "rogue",
+        &s.coord.endpoint,
+        &agent_tls,
+        &s.path("rogue"),
+        &[],
+    )?;
+    eventually(
+        "the rogue agent to log its connection failure",
+        Duration::from_secs(20),
+        || async {
+            let log = agent.proc.log_text().to_lowercase();
+            (log.contains("certificate") || log.contains("tls") || log.contains("handshake"))
+                .then_some(())
+        },
+    )
     .await?;
     let mut c = s.client().await?;
-    let agents = c.list_agents(pb::ListAgentsRequest {}).await?.into_inner().agents;
+    let agents = c
+        .list_agents(pb::ListAgentsRequest {})
+        .await?
+        .into_inner()
+        .agents;
     assert!(agents.is_empty(), "rogue agent registered: {agents:?}");
 
     // The operator's own certificate works on the same server.

@@ -97,7 +97,10 @@ pub enum ExecError {
     #[error("cannot prepare workspace {path}: {message}")]
     Workspace { path: PathBuf, message: String },
     #[error("cannot copy source {source_dir} into the workspace: {message}")]
-    CopySource { source_dir: PathBuf, message: String },
+    CopySource {
+        source_dir: PathBuf,
+        message: String,
+    },
     #[error("cannot start `sh -c`: {0}")]
     Spawn(std::io::Error),
     #[error("waiting for the command failed: {0}")]

@@ -1,20 +1,20 @@
 //! The agent API: a held `Attach` stream carrying assignments and cancellations (no polling),
 //! heartbeats that extend leases, and log chunks and results that are fenced by attempt.
 
-use std::pin::Pin;
 use cd_proto::v1 as pb;
 use cd_proto::v1::agent_service_server::AgentService;
 use futures::Stream;
+use std::pin::Pin;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info, info_span, instrument, warn};
 
+use super::ApiConfig;
 use super::convert;
 use super::sessions::Sessions;
 use super::status::{from_propose, invalid};
-use super::ApiConfig;
 use crate::raft::{AppliedEvent, RaftHandle};
 use crate::state::command::{self as cmd, AttemptKey};
 use crate::state::{Event, Kind, Outcome};
@@ -58,7 +58,9 @@ impl AgentApi {
         self.node.read(|st| {
             st.live_attempts()
                 .filter(|(_, _, a)| a.agent == agent)
-                .filter_map(|(run, stage, a)| convert::assignment(st, &run.id, &stage.name, a.number))
+                .filter_map(|(run, stage, a)| {
+                    convert::assignment(st, &run.id, &stage.name, a.number)
+                })
                 .map(assignment_msg)
                 .collect()
         })
@@ -275,17 +277,27 @@ impl AgentService for AgentApi {
         if result.metrics.len() > limits.max_metrics {
             return Err(invalid(
                 "result.metrics",
-                format!("{} entries exceeds the limit of {}", result.metrics.len(), limits.max_metrics),
+                format!(
+                    "{} entries exceeds the limit of {}",
+                    result.metrics.len(),
+                    limits.max_metrics
+                ),
             ));
         }
         if let Some((name, v)) = result.metrics.iter().find(|(_, v)| !v.is_finite()) {
-            return Err(invalid("result.metrics", format!("{name} is {v}, not a finite number")));
+            return Err(invalid(
+                "result.metrics",
+                format!("{name} is {v}, not a finite number"),
+            ));
         }
         let errors_len: usize = result.errors.iter().map(String::len).sum();
         if errors_len > limits.max_log_chunk {
             return Err(invalid(
                 "result.errors",
-                format!("{errors_len} bytes exceeds the limit of {} bytes", limits.max_log_chunk),
+                format!(
+                    "{errors_len} bytes exceeds the limit of {} bytes",
+                    limits.max_log_chunk
+                ),
             ));
         }
         self.node

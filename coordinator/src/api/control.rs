@@ -42,7 +42,11 @@ impl ControlApi {
             .ok_or_else(|| Status::not_found(format!("run {id:?} does not exist")))
     }
 
-    async fn propose_then_run(&self, kind: Kind, run_id: &str) -> Result<Response<pb::Run>, Status> {
+    async fn propose_then_run(
+        &self,
+        kind: Kind,
+        run_id: &str,
+    ) -> Result<Response<pb::Run>, Status> {
         self.node.propose(kind).await.map_err(from_propose)?;
         Ok(Response::new(self.run_pb(run_id)?))
     }
@@ -63,17 +67,25 @@ impl ControlService for ControlApi {
         if r.spec_yaml.len() > max {
             return Err(invalid(
                 "spec_yaml",
-                format!("{} bytes exceeds the spec limit of {max} bytes", r.spec_yaml.len()),
+                format!(
+                    "{} bytes exceeds the spec limit of {max} bytes",
+                    r.spec_yaml.len()
+                ),
             ));
         }
-        let file = if r.file_name.is_empty() { "pipeline.yaml" } else { &r.file_name };
+        let file = if r.file_name.is_empty() {
+            "pipeline.yaml"
+        } else {
+            &r.file_name
+        };
         let mut spec = cd_common::spec::parse(&r.spec_yaml, file)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if !r.base_dir.is_empty() {
             spec.resolve_source(std::path::Path::new(&r.base_dir));
         }
         let name = spec.name.clone();
-        let spec_json = serde_json::to_string(&spec).map_err(|e| Status::internal(e.to_string()))?;
+        let spec_json =
+            serde_json::to_string(&spec).map_err(|e| Status::internal(e.to_string()))?;
         let out = self
             .node
             .propose(Kind::ApplyPipeline(cmd::ApplyPipeline {
@@ -90,7 +102,10 @@ impl ControlService for ControlApi {
                 .get(&name)
                 .and_then(|p| p.latest().map(|v| convert::pipeline(p, v)))
         });
-        Ok(Response::new(pb::ApplyPipelineResponse { pipeline, changed }))
+        Ok(Response::new(pb::ApplyPipelineResponse {
+            pipeline,
+            changed,
+        }))
     }
 
     async fn list_pipelines(
@@ -114,7 +129,11 @@ impl ControlService for ControlApi {
         self.node
             .read(|st| {
                 let p = st.pipelines.get(&r.name)?;
-                let v = if r.version == 0 { p.latest() } else { p.version(r.version) }?;
+                let v = if r.version == 0 {
+                    p.latest()
+                } else {
+                    p.version(r.version)
+                }?;
                 Some(convert::pipeline(p, v))
             })
             .map(Response::new)
@@ -125,7 +144,10 @@ impl ControlService for ControlApi {
     }
 
     #[instrument(skip_all, fields(pipeline = %req.get_ref().pipeline))]
-    async fn start_run(&self, req: Request<pb::StartRunRequest>) -> Result<Response<pb::Run>, Status> {
+    async fn start_run(
+        &self,
+        req: Request<pb::StartRunRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
         let r = req.into_inner();
         if r.pipeline.is_empty() {
             return Err(invalid("pipeline", "required"));
@@ -133,14 +155,24 @@ impl ControlService for ControlApi {
         if r.revision.len() > 256 || r.revision.chars().any(char::is_control) {
             return Err(invalid("revision", "at most 256 printable characters"));
         }
-        if let Some(k) = r.params.keys().find(|k| !cd_common::names::is_valid_env_name(k)) {
-            return Err(invalid("params", format!("{k:?} is not a valid environment variable name")));
+        if let Some(k) = r
+            .params
+            .keys()
+            .find(|k| !cd_common::names::is_valid_env_name(k))
+        {
+            return Err(invalid(
+                "params",
+                format!("{k:?} is not a valid environment variable name"),
+            ));
         }
         let size: usize = r.params.iter().map(|(k, v)| k.len() + v.len()).sum();
         if size > self.cfg.limits.max_params {
             return Err(invalid(
                 "params",
-                format!("{size} bytes exceeds the limit of {} bytes", self.cfg.limits.max_params),
+                format!(
+                    "{size} bytes exceeds the limit of {} bytes",
+                    self.cfg.limits.max_params
+                ),
             ));
         }
         let out = self
@@ -175,32 +207,57 @@ impl ControlService for ControlApi {
         let before: u64 = if r.page_token.is_empty() {
             u64::MAX
         } else {
-            r.page_token
-                .parse()
-                .map_err(|_| invalid("page_token", format!("{:?} is not a token this server issued", r.page_token)))?
+            r.page_token.parse().map_err(|_| {
+                invalid(
+                    "page_token",
+                    format!("{:?} is not a token this server issued", r.page_token),
+                )
+            })?
         };
         let (runs, next) = self.node.read(|st| {
             let mut all: Vec<_> = st
                 .runs
                 .values()
-                .filter(|run| (r.pipeline.is_empty() || run.pipeline == r.pipeline) && run.seq < before)
+                .filter(|run| {
+                    (r.pipeline.is_empty() || run.pipeline == r.pipeline) && run.seq < before
+                })
                 .collect();
-            all.sort_by(|a, b| b.seq.cmp(&a.seq));
+            all.sort_by_key(|run| std::cmp::Reverse(run.seq));
             let more = all.len() > size;
             all.truncate(size);
-            let next = if more { all.last().map(|x| x.seq.to_string()).unwrap_or_default() } else { String::new() };
-            (all.into_iter().map(|run| convert::run(st, run)).collect(), next)
+            let next = if more {
+                all.last().map(|x| x.seq.to_string()).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            (
+                all.into_iter().map(|run| convert::run(st, run)).collect(),
+                next,
+            )
         });
-        Ok(Response::new(pb::ListRunsResponse { runs, next_page_token: next }))
+        Ok(Response::new(pb::ListRunsResponse {
+            runs,
+            next_page_token: next,
+        }))
     }
 
     #[instrument(skip_all, fields(run = %req.get_ref().run_id))]
-    async fn cancel_run(&self, req: Request<pb::CancelRunRequest>) -> Result<Response<pb::Run>, Status> {
+    async fn cancel_run(
+        &self,
+        req: Request<pb::CancelRunRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
         let who = identity::caller(&req);
         let r = req.into_inner();
-        let reason = if r.reason.is_empty() { format!("by {who}") } else { format!("{} (by {who})", r.reason) };
+        let reason = if r.reason.is_empty() {
+            format!("by {who}")
+        } else {
+            format!("{} (by {who})", r.reason)
+        };
         self.propose_then_run(
-            Kind::CancelRun(cmd::CancelRun { run_id: r.run_id.clone(), reason }),
+            Kind::CancelRun(cmd::CancelRun {
+                run_id: r.run_id.clone(),
+                reason,
+            }),
             &r.run_id,
         )
         .await
@@ -233,7 +290,10 @@ impl ControlService for ControlApi {
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
                 };
-                if refresh && let Ok(run) = api.run_pb(&id) && run != last {
+                if refresh
+                    && let Ok(run) = api.run_pb(&id)
+                    && run != last
+                {
                     last = run;
                     if tx.send(Ok(last.clone())).await.is_err() {
                         return;
@@ -249,10 +309,24 @@ impl ControlService for ControlApi {
         req: Request<pb::FollowLogsRequest>,
     ) -> Result<Response<Self::FollowLogsStream>, Status> {
         let r = req.into_inner();
-        let exists = self.node.read(|st| st.runs.get(&r.run_id).map(|run| run.stage(&r.stage).is_some()));
+        let exists = self.node.read(|st| {
+            st.runs
+                .get(&r.run_id)
+                .map(|run| run.stage(&r.stage).is_some())
+        });
         match exists {
-            None => return Err(Status::not_found(format!("run {:?} does not exist", r.run_id))),
-            Some(false) => return Err(Status::not_found(format!("run {} has no stage {:?}", r.run_id, r.stage))),
+            None => {
+                return Err(Status::not_found(format!(
+                    "run {:?} does not exist",
+                    r.run_id
+                )));
+            }
+            Some(false) => {
+                return Err(Status::not_found(format!(
+                    "run {} has no stage {:?}",
+                    r.run_id, r.stage
+                )));
+            }
             Some(true) => {}
         }
         let mut events = self.node.subscribe();
@@ -263,7 +337,13 @@ impl ControlService for ControlApi {
             loop {
                 // Drain what is stored past `pos`, then decide whether to wait for more.
                 loop {
-                    let batch = match api.node.read_logs(&r.run_id, &r.stage, r.attempt, pos, LOG_READ_BATCH) {
+                    let batch = match api.node.read_logs(
+                        &r.run_id,
+                        &r.stage,
+                        r.attempt,
+                        pos,
+                        LOG_READ_BATCH,
+                    ) {
                         Ok(b) => b,
                         Err(e) => {
                             let _ = tx.send(Err(from_store(e))).await;
@@ -274,7 +354,11 @@ impl ControlService for ControlApi {
                     for c in batch {
                         pos = (c.attempt, c.seq + 1);
                         let chunk = pb::LogChunk {
-                            attempt: Some(pb::AttemptRef { run_id: r.run_id.clone(), stage: r.stage.clone(), attempt: c.attempt }),
+                            attempt: Some(pb::AttemptRef {
+                                run_id: r.run_id.clone(),
+                                stage: r.stage.clone(),
+                                attempt: c.attempt,
+                            }),
                             seq: c.seq,
                             data: c.data,
                         };
@@ -314,7 +398,12 @@ impl ControlService for ControlApi {
         let identity = identity::caller(&req);
         let r = req.into_inner();
         self.propose_then_run(
-            Kind::Approve(cmd::Approve { run_id: r.run_id.clone(), stage: r.stage, identity, comment: r.comment }),
+            Kind::Approve(cmd::Approve {
+                run_id: r.run_id.clone(),
+                stage: r.stage,
+                identity,
+                comment: r.comment,
+            }),
             &r.run_id,
         )
         .await
@@ -325,10 +414,18 @@ impl ControlService for ControlApi {
         let identity = identity::caller(&req);
         let r = req.into_inner();
         if r.reason.trim().is_empty() {
-            return Err(invalid("reason", "required: say why the change is rejected"));
+            return Err(invalid(
+                "reason",
+                "required: say why the change is rejected",
+            ));
         }
         self.propose_then_run(
-            Kind::Reject(cmd::Reject { run_id: r.run_id.clone(), stage: r.stage, identity, reason: r.reason }),
+            Kind::Reject(cmd::Reject {
+                run_id: r.run_id.clone(),
+                stage: r.stage,
+                identity,
+                reason: r.reason,
+            }),
             &r.run_id,
         )
         .await
@@ -347,7 +444,10 @@ impl ControlService for ControlApi {
                     slots: a.slots,
                     connected: self.sessions.is_connected(&a.name),
                     last_seen_ms: a.last_seen_ms,
-                    running: st.live_attempts().filter(|(_, _, at)| at.agent == a.name).count() as u32,
+                    running: st
+                        .live_attempts()
+                        .filter(|(_, _, at)| at.agent == a.name)
+                        .count() as u32,
                 })
                 .collect()
         });
@@ -389,19 +489,33 @@ impl ControlService for ControlApi {
                 .collect()
         });
         if deployments.is_empty() {
-            return Err(Status::not_found(format!("environment {env:?} has no deployments")));
+            return Err(Status::not_found(format!(
+                "environment {env:?} has no deployments"
+            )));
         }
-        Ok(Response::new(pb::EnvironmentHistoryResponse { deployments }))
+        Ok(Response::new(pb::EnvironmentHistoryResponse {
+            deployments,
+        }))
     }
 
     #[instrument(skip_all, fields(env = %req.get_ref().environment))]
-    async fn rollback(&self, req: Request<pb::RollbackRequest>) -> Result<Response<pb::Run>, Status> {
+    async fn rollback(
+        &self,
+        req: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
         let who = identity::caller(&req);
         let r = req.into_inner();
-        let reason = if r.reason.is_empty() { format!("requested by {who}") } else { format!("{} (by {who})", r.reason) };
+        let reason = if r.reason.is_empty() {
+            format!("requested by {who}")
+        } else {
+            format!("{} (by {who})", r.reason)
+        };
         let out = self
             .node
-            .propose(Kind::Rollback(cmd::Rollback { environment: r.environment, reason }))
+            .propose(Kind::Rollback(cmd::Rollback {
+                environment: r.environment,
+                reason,
+            }))
             .await
             .map_err(from_propose)?;
         match out {

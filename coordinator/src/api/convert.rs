@@ -6,8 +6,7 @@ use std::collections::HashMap;
 use cd_proto::v1 as pb;
 
 use crate::state::{
-    self, Attempt, Deployment, RunKind, RunState, Stage, StageResult, StageState, State,
-    TestCounts,
+    self, Attempt, Deployment, RunKind, RunState, Stage, StageResult, StageState, State, TestCounts,
 };
 
 pub fn stage_state(s: StageState) -> pb::StageState {
@@ -128,7 +127,11 @@ pub fn run(st: &State, r: &state::Run) -> pb::Run {
         created_ms: r.created_ms,
         finished_ms: r.finished_ms,
         stages: r.stages.iter().map(|s| stage(st, r, s)).collect(),
-        params: r.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        params: r
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         kind: kind(r.kind),
         reason: r.reason.clone(),
     }

@@ -81,11 +81,8 @@ pub fn evaluate(input: &GateInput<'_>) -> Decision {
             .push("inconclusive: an operator must approve or reject".into());
         GateOutcome::Inconclusive
     } else {
-        t.reasons.push(format!(
-            "approvals: {}/{} given",
-            approvers.len(),
-            required
-        ));
+        t.reasons
+            .push(format!("approvals: {}/{} given", approvers.len(), required));
         GateOutcome::WaitingApproval
     };
     Decision {
@@ -150,9 +147,7 @@ fn check_metric(input: &GateInput<'_>, m: &MetricGate, t: &mut Tally) {
         match input.production {
             None => t.pass(format!("{name}: no production baseline yet")),
             Some((run, prod)) => match prod.get(name) {
-                None => t.pass(format!(
-                    "{name}: production ({run}) has no {name} baseline"
-                )),
+                None => t.pass(format!("{name}: production ({run}) has no {name} baseline")),
                 Some(&p) => {
                     let drop = p - value;
                     if drop > max_reg + EPSILON {

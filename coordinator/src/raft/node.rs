@@ -14,8 +14,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::handle::{AppliedEvent, NodeStatus, Proposal, ProposeError, RaftHandle, Role};
 use super::Transport;
+use super::handle::{AppliedEvent, NodeStatus, Proposal, ProposeError, RaftHandle, Role};
 use crate::state::{self, Command, Event, Outcome, State};
 use crate::store::{Batch, Engine, RaftStore, StoreError, Tree, chunk_key};
 
@@ -222,9 +222,7 @@ impl<T: Transport> Node<T> {
             self.install_snapshot(ready.snapshot().clone())?;
         }
         self.apply_entries(ready.take_committed_entries())?;
-        self.raw
-            .store()
-            .persist(ready.entries(), ready.hs())?;
+        self.raw.store().persist(ready.entries(), ready.hs())?;
         self.transport.send(ready.take_persisted_messages());
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
@@ -279,7 +277,11 @@ impl<T: Transport> Node<T> {
                         data,
                     } = ev
                     {
-                        batch.put(Tree::Logs, &chunk_key(run_id, stage, *attempt, *seq), data.clone());
+                        batch.put(
+                            Tree::Logs,
+                            &chunk_key(run_id, stage, *attempt, *seq),
+                            data.clone(),
+                        );
                     }
                 }
                 out.extend(applied.events.into_iter().map(|event| AppliedEvent {
@@ -328,8 +330,10 @@ impl<T: Transport> Node<T> {
             st.to_snapshot()
                 .map_err(|e| NodeError::Snapshot(e.to_string()))?
         };
-        let mut snap = Snapshot::default();
-        snap.data = data.into();
+        let mut snap = Snapshot {
+            data: data.into(),
+            ..Default::default()
+        };
         let meta = snap.mut_metadata();
         meta.index = self.applied;
         meta.term = self.applied_term;

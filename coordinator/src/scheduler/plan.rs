@@ -27,7 +27,11 @@ pub fn plan(st: &State, input: &PlanInput<'_>) -> Vec<Kind> {
             agent: a.agent.clone(),
         };
         let timeout = st.stage_spec(run, &stage.name).and_then(|s| s.timeout_ms);
-        let began = if a.started_ms > 0 { a.started_ms } else { a.assigned_ms };
+        let began = if a.started_ms > 0 {
+            a.started_ms
+        } else {
+            a.assigned_ms
+        };
         if let Some(t) = timeout
             && input.now_ms >= began + t as i64
         {
@@ -54,7 +58,13 @@ pub fn plan(st: &State, input: &PlanInput<'_>) -> Vec<Kind> {
             .values()
             .filter(|a| input.connected.contains(&a.name))
             .filter(|a| spec.labels.iter().all(|l| a.labels.contains(l)))
-            .map(|a| (a, a.slots.saturating_sub(*used.get(a.name.as_str()).unwrap_or(&0))))
+            .map(|a| {
+                (
+                    a,
+                    a.slots
+                        .saturating_sub(*used.get(a.name.as_str()).unwrap_or(&0)),
+                )
+            })
             .filter(|(_, free)| *free > 0)
             .max_by_key(|(a, free)| (*free, std::cmp::Reverse(a.name.clone())));
         if let Some((agent, _)) = best {

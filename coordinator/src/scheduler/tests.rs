@@ -7,7 +7,11 @@ use crate::state::{Kind, State};
 
 use super::plan::{PlanInput, plan};
 
-fn state_with(agents: &[(&str, &[&str], u32)], stage_labels: &[&str], timeout: Option<u64>) -> State {
+fn state_with(
+    agents: &[(&str, &[&str], u32)],
+    stage_labels: &[&str],
+    timeout: Option<u64>,
+) -> State {
     use crate::state::apply;
     let mut st = State::default();
     let mut spec = cd_common::spec::PipelineSpec {
@@ -37,13 +41,39 @@ fn state_with(agents: &[(&str, &[&str], u32)], stage_labels: &[&str], timeout: O
     let mut i = 0;
     let mut go = |st: &mut State, k: Kind| {
         i += 1;
-        assert!(apply(st, &Command::new(100 + i, k), i as u64).result.is_ok());
+        assert!(
+            apply(st, &Command::new(100 + i, k), i as u64)
+                .result
+                .is_ok()
+        );
     };
-    go(&mut st, Kind::ApplyPipeline(ApplyPipeline { name: "p".into(), spec_yaml: String::new(), file_name: String::new(), spec_json: serde_json::to_string(&spec).expect("json") }));
+    go(
+        &mut st,
+        Kind::ApplyPipeline(ApplyPipeline {
+            name: "p".into(),
+            spec_yaml: String::new(),
+            file_name: String::new(),
+            spec_json: serde_json::to_string(&spec).expect("json"),
+        }),
+    );
     for (name, labels, slots) in agents {
-        go(&mut st, Kind::RegisterAgent(RegisterAgent { name: name.to_string(), labels: labels.iter().map(|s| s.to_string()).collect(), slots: *slots, version: String::new() }));
+        go(
+            &mut st,
+            Kind::RegisterAgent(RegisterAgent {
+                name: name.to_string(),
+                labels: labels.iter().map(|s| s.to_string()).collect(),
+                slots: *slots,
+                version: String::new(),
+            }),
+        );
     }
-    go(&mut st, Kind::StartRun(StartRun { pipeline: "p".into(), ..Default::default() }));
+    go(
+        &mut st,
+        Kind::StartRun(StartRun {
+            pipeline: "p".into(),
+            ..Default::default()
+        }),
+    );
     st
 }
 
@@ -63,9 +93,25 @@ fn assigned(kinds: &[Kind]) -> Vec<(String, String)> {
 
 #[test]
 fn stages_go_only_to_connected_agents_with_the_labels_and_free_slots() {
-    let st = state_with(&[("x", &["linux"], 1), ("y", &["linux", "gpu"], 1), ("z", &["gpu"], 4)], &["gpu"], None);
+    let st = state_with(
+        &[
+            ("x", &["linux"], 1),
+            ("y", &["linux", "gpu"], 1),
+            ("z", &["gpu"], 4),
+        ],
+        &["gpu"],
+        None,
+    );
     let c = connected(&["x", "y"]);
-    let out = plan(&st, &PlanInput { connected: &c, now_ms: 1000, lease_ms: 10, may_expire: true });
+    let out = plan(
+        &st,
+        &PlanInput {
+            connected: &c,
+            now_ms: 1000,
+            lease_ms: 10,
+            may_expire: true,
+        },
+    );
     // Only y has the label and is connected (z is not connected); it has one slot.
     assert_eq!(assigned(&out), vec![("a".to_string(), "y".to_string())]);
 }
@@ -74,13 +120,37 @@ fn stages_go_only_to_connected_agents_with_the_labels_and_free_slots() {
 fn work_spreads_to_the_agent_with_most_free_slots() {
     let st = state_with(&[("x", &[], 1), ("y", &[], 3)], &[], None);
     let c = connected(&["x", "y"]);
-    let out = plan(&st, &PlanInput { connected: &c, now_ms: 1000, lease_ms: 10, may_expire: true });
-    assert_eq!(assigned(&out), vec![("a".into(), "y".into()), ("b".into(), "y".into())]);
+    let out = plan(
+        &st,
+        &PlanInput {
+            connected: &c,
+            now_ms: 1000,
+            lease_ms: 10,
+            may_expire: true,
+        },
+    );
+    assert_eq!(
+        assigned(&out),
+        vec![("a".into(), "y".into()), ("b".into(), "y".into())]
+    );
 }
 
 fn with_live_attempt(timeout: Option<u64>) -> State {
     let mut st = state_with(&[("x", &[], 2)], &[], timeout);
-    let r = crate::state::apply(&mut st, &Command::new(200, Kind::AssignStage(AssignStage { run_id: "p-1".into(), stage: "a".into(), attempt: 1, agent: "x".into(), lease_until_ms: 500 })), 99);
+    let r = crate::state::apply(
+        &mut st,
+        &Command::new(
+            200,
+            Kind::AssignStage(AssignStage {
+                run_id: "p-1".into(),
+                stage: "a".into(),
+                attempt: 1,
+                agent: "x".into(),
+                lease_until_ms: 500,
+            }),
+        ),
+        99,
+    );
     assert!(r.result.is_ok());
     st
 }
@@ -90,10 +160,18 @@ fn lapsed_leases_expire_only_after_the_grace_period() {
     let st = with_live_attempt(None);
     let c = connected(&["x"]);
     let expiries = |may_expire: bool| {
-        plan(&st, &PlanInput { connected: &c, now_ms: 600, lease_ms: 10, may_expire })
-            .into_iter()
-            .filter(|k| matches!(k, Kind::ExpireAttempt(e) if !e.timed_out))
-            .count()
+        plan(
+            &st,
+            &PlanInput {
+                connected: &c,
+                now_ms: 600,
+                lease_ms: 10,
+                may_expire,
+            },
+        )
+        .into_iter()
+        .filter(|k| matches!(k, Kind::ExpireAttempt(e) if !e.timed_out))
+        .count()
     };
     assert_eq!(expiries(false), 0);
     assert_eq!(expiries(true), 1);
@@ -103,8 +181,24 @@ fn lapsed_leases_expire_only_after_the_grace_period() {
 fn timeouts_fire_even_during_the_grace_period() {
     let st = with_live_attempt(Some(50));
     let c = connected(&["x"]);
-    let out = plan(&st, &PlanInput { connected: &c, now_ms: 260, lease_ms: 10, may_expire: false });
+    let out = plan(
+        &st,
+        &PlanInput {
+            connected: &c,
+            now_ms: 260,
+            lease_ms: 10,
+            may_expire: false,
+        },
+    );
     assert!(out.iter().any(|k| matches!(k, Kind::ExpireAttempt(e) if e.timed_out && e.reason == "timed out after 50ms")), "{out:?}");
-    let early = plan(&st, &PlanInput { connected: &c, now_ms: 240, lease_ms: 10, may_expire: false });
+    let early = plan(
+        &st,
+        &PlanInput {
+            connected: &c,
+            now_ms: 240,
+            lease_ms: 10,
+            may_expire: false,
+        },
+    );
     assert!(!early.iter().any(|k| matches!(k, Kind::ExpireAttempt(_))));
 }

@@ -10,8 +10,7 @@ use super::command::{
     AppendLogs, AssignStage, AttemptKey, ExpireAttempt, Heartbeat, RegisterAgent, ReportResult,
 };
 use super::{
-    Agent, Attempt, Event, LogAck, Outcome, Run, Stage, StageState, State, StateError, deploy,
-    flow,
+    Agent, Attempt, Event, LogAck, Outcome, Run, Stage, StageState, State, StateError, deploy, flow,
 };
 
 pub(super) fn register_agent(
@@ -34,11 +33,7 @@ pub(super) fn register_agent(
     Ok(Outcome::Done)
 }
 
-pub(super) fn heartbeat(
-    state: &mut State,
-    c: &Heartbeat,
-    at: i64,
-) -> Result<Outcome, StateError> {
+pub(super) fn heartbeat(state: &mut State, c: &Heartbeat, at: i64) -> Result<Outcome, StateError> {
     let agent = state
         .agents
         .get_mut(&c.agent)
@@ -186,10 +181,13 @@ pub(super) fn report_result(
         field: "attempt".into(),
         message: "missing".into(),
     })?;
-    let result = c.result.clone().ok_or_else(|| StateError::InvalidArgument {
-        field: "result".into(),
-        message: "missing".into(),
-    })?;
+    let result = c
+        .result
+        .clone()
+        .ok_or_else(|| StateError::InvalidArgument {
+            field: "result".into(),
+            message: "missing".into(),
+        })?;
     let stage = stage_mut(state, &key.run_id, &key.stage)?;
     let attempt = live_attempt_mut(stage, key)?;
     attempt.finished_ms = at;
@@ -292,11 +290,20 @@ fn stage_mut<'a>(
 }
 
 /// The stage's live attempt, if `key` names it and its holder.
-fn live_attempt_mut<'a>(stage: &'a mut Stage, key: &AttemptKey) -> Result<&'a mut Attempt, StateError> {
+fn live_attempt_mut<'a>(
+    stage: &'a mut Stage,
+    key: &AttemptKey,
+) -> Result<&'a mut Attempt, StateError> {
     let name = stage.name.clone();
     let live = stage.state.is_live();
     match stage.attempts.last_mut() {
-        Some(a) if live && a.number == key.attempt && (key.agent.is_empty() || a.agent == key.agent) => Ok(a),
+        Some(a)
+            if live
+                && a.number == key.attempt
+                && (key.agent.is_empty() || a.agent == key.agent) =>
+        {
+            Ok(a)
+        }
         Some(a) if live && a.number == key.attempt => Err(StateError::Stale(format!(
             "attempt {} of {}/{name} belongs to agent {}, not {}",
             key.attempt, key.run_id, a.agent, key.agent

@@ -60,7 +60,13 @@ fn new_deployment(
     let started = run
         .stage(stage)
         .and_then(|s| s.attempts.first())
-        .map_or(at, |a| if a.started_ms > 0 { a.started_ms } else { a.assigned_ms });
+        .map_or(at, |a| {
+            if a.started_ms > 0 {
+                a.started_ms
+            } else {
+                a.assigned_ms
+            }
+        });
     let (metrics, restores) = match &run.rollback {
         Some(plan) => (
             state
@@ -141,11 +147,12 @@ pub(super) fn start_rollback(
     let cur = current(&state.deployments, env).ok_or_else(|| {
         StateError::FailedPrecondition(format!("environment {env} has no successful deployment"))
     })?;
-    if let Some(r) = state.active.iter().filter_map(|id| state.runs.get(id)).find(|r| {
-        r.rollback
-            .as_ref()
-            .is_some_and(|p| &p.environment == env)
-    }) {
+    if let Some(r) = state
+        .active
+        .iter()
+        .filter_map(|id| state.runs.get(id))
+        .find(|r| r.rollback.as_ref().is_some_and(|p| &p.environment == env))
+    {
         return Err(StateError::FailedPrecondition(format!(
             "a rollback of {env} is already running ({})",
             r.id

@@ -6,8 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use cd_common::spec::StageSpec;
 
 use super::{
-    Deployment, Event, GateDecision, GateOutcome, Pipeline, Run, RunState, Stage, StageState,
-    State,
+    Deployment, Event, GateDecision, GateOutcome, Pipeline, Run, RunState, Stage, StageState, State,
 };
 use crate::gate;
 

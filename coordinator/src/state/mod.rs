@@ -133,7 +133,9 @@ pub fn apply(state: &mut State, cmd: &Command, index: u64) -> Applied {
             Kind::ExpireAttempt(c) => attempts::expire(state, c, at, &mut events),
             Kind::Approve(c) => runs::approve(state, c, at, &mut events),
             Kind::Reject(c) => runs::reject(state, c, at, &mut events),
-            Kind::Rollback(c) => deploy::start_rollback(state, c, at, &mut events).map(Outcome::Run),
+            Kind::Rollback(c) => {
+                deploy::start_rollback(state, c, at, &mut events).map(Outcome::Run)
+            }
             Kind::Noop(_) => Ok(Outcome::Done),
         },
     };

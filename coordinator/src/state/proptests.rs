@@ -10,14 +10,46 @@ use super::*;
 #[derive(Debug, Clone)]
 enum Op {
     Start,
-    Assign { run: usize, stage: usize, agent: usize, skew: u32 },
-    Begin { run: usize, stage: usize, back: u32, agent: usize },
-    Report { run: usize, stage: usize, back: u32, agent: usize, code: i32, cancelled: bool, acc: f64 },
-    Expire { run: usize, stage: usize, timed_out: bool },
-    Logs { run: usize, stage: usize, seq: u64 },
-    Cancel { run: usize },
-    Approve { run: usize },
-    Reject { run: usize },
+    Assign {
+        run: usize,
+        stage: usize,
+        agent: usize,
+        skew: u32,
+    },
+    Begin {
+        run: usize,
+        stage: usize,
+        back: u32,
+        agent: usize,
+    },
+    Report {
+        run: usize,
+        stage: usize,
+        back: u32,
+        agent: usize,
+        code: i32,
+        cancelled: bool,
+        acc: f64,
+    },
+    Expire {
+        run: usize,
+        stage: usize,
+        timed_out: bool,
+    },
+    Logs {
+        run: usize,
+        stage: usize,
+        seq: u64,
+    },
+    Cancel {
+        run: usize,
+    },
+    Approve {
+        run: usize,
+    },
+    Reject {
+        run: usize,
+    },
     Rollback,
 }
 
@@ -45,41 +77,118 @@ const AGENTS: [&str; 2] = ["a1", "a2"];
 fn to_kind(k: &Kit, op: &Op) -> Option<Kind> {
     let runs: Vec<&String> = k.state.runs.keys().collect();
     let pick = |i: usize| runs.get(i % runs.len().max(1)).map(|s| s.to_string());
-    let attempts = |run: &str, stage: &str| k.state.runs.get(run).and_then(|r| r.stage(stage)).map_or(0, |s| s.attempts.len() as u32);
+    let attempts = |run: &str, stage: &str| {
+        k.state
+            .runs
+            .get(run)
+            .and_then(|r| r.stage(stage))
+            .map_or(0, |s| s.attempts.len() as u32)
+    };
     Some(match op {
-        Op::Start => Kind::StartRun(StartRun { pipeline: "ml".into(), revision: "r".into(), ..Default::default() }),
-        Op::Assign { run, stage, agent, skew } => {
+        Op::Start => Kind::StartRun(StartRun {
+            pipeline: "ml".into(),
+            revision: "r".into(),
+            ..Default::default()
+        }),
+        Op::Assign {
+            run,
+            stage,
+            agent,
+            skew,
+        } => {
             let run = pick(*run)?;
             let st = STAGES[*stage];
-            Kind::AssignStage(AssignStage { attempt: attempts(&run, st) + 1 + skew, run_id: run, stage: st.into(), agent: AGENTS[*agent].into(), lease_until_ms: k.now + 50 })
+            Kind::AssignStage(AssignStage {
+                attempt: attempts(&run, st) + 1 + skew,
+                run_id: run,
+                stage: st.into(),
+                agent: AGENTS[*agent].into(),
+                lease_until_ms: k.now + 50,
+            })
         }
-        Op::Begin { run, stage, back, agent } => {
+        Op::Begin {
+            run,
+            stage,
+            back,
+            agent,
+        } => {
             let run = pick(*run)?;
             let st = STAGES[*stage];
-            Kind::StartAttempt(Kit::key(&run, st, attempts(&run, st).saturating_sub(*back), AGENTS[*agent]))
+            Kind::StartAttempt(Kit::key(
+                &run,
+                st,
+                attempts(&run, st).saturating_sub(*back),
+                AGENTS[*agent],
+            ))
         }
-        Op::Report { run, stage, back, agent, code, cancelled, acc } => {
+        Op::Report {
+            run,
+            stage,
+            back,
+            agent,
+            code,
+            cancelled,
+            acc,
+        } => {
             let run = pick(*run)?;
             let st = STAGES[*stage];
             let mut result = with_accuracy(*acc);
             result.exit_code = *code;
             result.cancelled = *cancelled;
-            Kind::ReportResult(ReportResult { key: Some(Kit::key(&run, st, attempts(&run, st).saturating_sub(*back), AGENTS[*agent])), result: Some(result) })
+            Kind::ReportResult(ReportResult {
+                key: Some(Kit::key(
+                    &run,
+                    st,
+                    attempts(&run, st).saturating_sub(*back),
+                    AGENTS[*agent],
+                )),
+                result: Some(result),
+            })
         }
-        Op::Expire { run, stage, timed_out } => {
+        Op::Expire {
+            run,
+            stage,
+            timed_out,
+        } => {
             let run = pick(*run)?;
             let st = STAGES[*stage];
-            Kind::ExpireAttempt(ExpireAttempt { key: Some(Kit::key(&run, st, attempts(&run, st), "")), timed_out: *timed_out, reason: "x".into() })
+            Kind::ExpireAttempt(ExpireAttempt {
+                key: Some(Kit::key(&run, st, attempts(&run, st), "")),
+                timed_out: *timed_out,
+                reason: "x".into(),
+            })
         }
         Op::Logs { run, stage, seq } => {
             let run = pick(*run)?;
             let st = STAGES[*stage];
-            Kind::AppendLogs(AppendLogs { chunks: vec![LogChunk { key: Some(Kit::key(&run, st, attempts(&run, st), "")), seq: *seq, data: vec![1] }] })
+            Kind::AppendLogs(AppendLogs {
+                chunks: vec![LogChunk {
+                    key: Some(Kit::key(&run, st, attempts(&run, st), "")),
+                    seq: *seq,
+                    data: vec![1],
+                }],
+            })
         }
-        Op::Cancel { run } => Kind::CancelRun(CancelRun { run_id: pick(*run)?, reason: String::new() }),
-        Op::Approve { run } => Kind::Approve(Approve { run_id: pick(*run)?, stage: "deploy".into(), identity: "op".into(), comment: String::new() }),
-        Op::Reject { run } => Kind::Reject(Reject { run_id: pick(*run)?, stage: "deploy".into(), identity: "op".into(), reason: "no".into() }),
-        Op::Rollback => Kind::Rollback(Rollback { environment: "production".into(), reason: String::new() }),
+        Op::Cancel { run } => Kind::CancelRun(CancelRun {
+            run_id: pick(*run)?,
+            reason: String::new(),
+        }),
+        Op::Approve { run } => Kind::Approve(Approve {
+            run_id: pick(*run)?,
+            stage: "deploy".into(),
+            identity: "op".into(),
+            comment: String::new(),
+        }),
+        Op::Reject { run } => Kind::Reject(Reject {
+            run_id: pick(*run)?,
+            stage: "deploy".into(),
+            identity: "op".into(),
+            reason: "no".into(),
+        }),
+        Op::Rollback => Kind::Rollback(Rollback {
+            environment: "production".into(),
+            reason: String::new(),
+        }),
     })
 }
 
@@ -96,7 +205,12 @@ fn check_invariants(before: &State, after: &State, kind: &Kind, applied: &Applie
         for s in &run.stages {
             // At most one live attempt: every attempt but the last has ended.
             for a in s.attempts.iter().rev().skip(1) {
-                assert!(a.result.is_some() || !a.end_reason.is_empty(), "{id}/{}: earlier attempt {} still open", s.name, a.number);
+                assert!(
+                    a.result.is_some() || !a.end_reason.is_empty(),
+                    "{id}/{}: earlier attempt {} still open",
+                    s.name,
+                    a.number
+                );
             }
             if s.state.is_live() {
                 let last = s.attempts.last().expect("live stage has an attempt");
@@ -110,7 +224,12 @@ fn check_invariants(before: &State, after: &State, kind: &Kind, applied: &Applie
             }
         }
         let all_final = run.stages.iter().all(|s| s.state.is_final());
-        assert_eq!(run.state != RunState::Running, all_final, "{id}: run state {:?} vs stages", run.state);
+        assert_eq!(
+            run.state != RunState::Running,
+            all_final,
+            "{id}: run state {:?} vs stages",
+            run.state
+        );
         assert_eq!(after.active.contains(id), run.state == RunState::Running);
     }
     // A claim by anything but the live attempt is refused and changes nothing.

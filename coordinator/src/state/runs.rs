@@ -20,7 +20,12 @@ pub(super) fn start_run(
     let version = pipeline
         .latest()
         .ok_or_else(|| StateError::NotFound(format!("pipeline {:?} has no version", c.pipeline)))?;
-    let stages = version.spec.stages.iter().map(|s| Stage::new(&s.name)).collect();
+    let stages = version
+        .spec
+        .stages
+        .iter()
+        .map(|s| Stage::new(&s.name))
+        .collect();
     let version = version.version;
     let id = format!("{}-{}", c.pipeline, pipeline.next_run);
     pipeline.next_run += 1;

@@ -121,7 +121,10 @@ impl Kit {
 
     /// Assigns the stage's next attempt to `agent`, starts it and reports `result`.
     pub fn run_stage(&mut self, run: &str, stage: &str, agent: &str, result: StageResult) -> u32 {
-        let attempt = self.state.runs[run].stage(stage).map_or(0, |s| s.attempts.len()) as u32 + 1;
+        let attempt = self.state.runs[run]
+            .stage(stage)
+            .map_or(0, |s| s.attempts.len()) as u32
+            + 1;
         self.ok(Kind::AssignStage(AssignStage {
             run_id: run.into(),
             stage: stage.into(),

@@ -52,7 +52,11 @@ pub fn read_chunks(
             let tail = k.get(prefix.len()..)?;
             let attempt = u32::from_be_bytes(tail.get(0..4)?.try_into().ok()?);
             let seq = u64::from_be_bytes(tail.get(4..12)?.try_into().ok()?);
-            Some(LogRecord { attempt, seq, data: v })
+            Some(LogRecord {
+                attempt,
+                seq,
+                data: v,
+            })
         })
         .collect())
 }

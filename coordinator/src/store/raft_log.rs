@@ -300,11 +300,12 @@ mod tests {
     use raft::Storage;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![index as u8].into();
-        e
+        Entry {
+            index,
+            term,
+            data: vec![index as u8].into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -314,19 +315,26 @@ mod tests {
         assert_eq!(s.conf_state().voters, vec![1]);
         s.persist(&[entry(1, 1)], None).unwrap();
         let s = RaftStore::open(engine, &[7]).unwrap();
-        assert_eq!(s.conf_state().voters, vec![1], "reopen must not re-bootstrap");
+        assert_eq!(
+            s.conf_state().voters,
+            vec![1],
+            "reopen must not re-bootstrap"
+        );
     }
 
     #[test]
     fn persist_replaces_conflicting_suffix_and_compacts() {
         let engine: Arc<dyn Engine> = Arc::new(MemEngine::default());
         let s = RaftStore::open(engine.clone(), &[1]).unwrap();
-        s.persist(&[entry(1, 1), entry(2, 1), entry(3, 1)], None).unwrap();
+        s.persist(&[entry(1, 1), entry(2, 1), entry(3, 1)], None)
+            .unwrap();
         s.persist(&[entry(2, 2)], None).unwrap();
         assert_eq!(s.last_index(), 2);
         assert_eq!(s.term(2).unwrap(), 2);
         assert!(s.term(3).is_err());
-        let got = s.entries(1, 3, None, GetEntriesContext::empty(false)).unwrap();
+        let got = s
+            .entries(1, 3, None, GetEntriesContext::empty(false))
+            .unwrap();
         assert_eq!(got.iter().map(|e| e.term).collect::<Vec<_>>(), vec![1, 2]);
 
         let mut snap = Snapshot::default();

@@ -19,7 +19,8 @@ fn io<E: std::fmt::Display>(e: E) -> StoreError {
 
 impl SledEngine {
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
         let db = sled::Config::new()
             .path(dir)
             // Durability is ours (sync below); sled's timer flush only adds I/O.

@@ -1,0 +1,236 @@
+//! Real release processes for the benchmark: `cd-coordinator serve` and `cd-agent`, spawned
+//! from the directory `cd-bench` itself was built into, listening and connecting on 127.0.0.1
+//! only, with their data in a temp dir.
+//!
+//! `cd_tests::bin_dir()` assumes a test binary in `target/<profile>/deps/`; `cd-bench` is a
+//! binary in `target/<profile>/`, so it finds its sibling binaries here instead.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use cd_common::certs::Role;
+use cd_common::tls::TlsPaths;
+use cd_proto::v1 as pb;
+use cd_proto::v1::agent_service_client::AgentServiceClient;
+use cd_proto::v1::control_service_client::ControlServiceClient;
+use cd_tests::{Certs, Proc, eventually};
+use tonic::transport::{Channel, Endpoint};
+
+/// The directory holding `cd-bench` and the release `cd-coordinator` and `cd-agent`.
+pub fn release_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating cd-bench")?;
+    let mut dir = exe
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow!("{} has no parent directory", exe.display()))?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    if cfg!(debug_assertions) || dir.file_name().is_none_or(|n| n != "release") {
+        bail!(
+            "cd-bench measures release binaries: build with `cargo build --release --workspace` \
+             and run ./target/release/cd-bench (this one runs from {})",
+            dir.display()
+        );
+    }
+    for name in ["cd-coordinator", "cd-agent"] {
+        ensure!(
+            dir.join(name).exists(),
+            "{} is missing: run `cargo build --release --workspace`",
+            dir.join(name).display()
+        );
+    }
+    Ok(dir)
+}
+
+/// What every measurement shares: the binaries, one CA for the whole run, a scratch dir.
+pub struct BenchEnv {
+    pub bin: PathBuf,
+    pub root: PathBuf,
+    pub certs: Certs,
+    pub op: TlsPaths,
+}
+
+impl BenchEnv {
+    pub fn new(bin: PathBuf, root: PathBuf) -> Result<BenchEnv> {
+        let certs = Certs::new(&root.join("certs"))?;
+        let op = certs.operator();
+        Ok(BenchEnv {
+            bin,
+            root,
+            certs,
+            op,
+        })
+    }
+
+    /// A fresh coordinator with an empty data dir `name` under the scratch dir.
+    pub fn coordinator(&self, name: &str) -> Result<Node> {
+        let dir = self.root.join(name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        Node::start(&self.bin, &dir, &self.certs)
+    }
+
+    pub async fn control(&self, node: &Node) -> Result<ControlServiceClient<Channel>> {
+        cd_tests::client(&node.endpoint, &self.op).await
+    }
+}
+
+/// One `cd-coordinator serve` on 127.0.0.1, with the agents started against it (all killed
+/// on drop).
+pub struct Node {
+    pub proc: Proc,
+    pub endpoint: String,
+    pub dir: PathBuf,
+    agents: Vec<Proc>,
+}
+
+impl Node {
+    fn start(bin: &Path, dir: &Path, certs: &Certs) -> Result<Node> {
+        std::fs::create_dir_all(dir)?;
+        let tls = certs.tls(Role::Coordinator, "node-1");
+        let log = dir.join("coordinator.log");
+        let stderr = std::fs::File::create(&log)?;
+        let mut child = Command::new(bin.join("cd-coordinator"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--ca")
+            .arg(&tls.ca)
+            .arg("--cert")
+            .arg(&tls.cert)
+            .arg("--key")
+            .arg(&tls.key)
+            .env("RUST_LOG", rust_log())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .context("spawning cd-coordinator")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let proc = Proc {
+            child,
+            log: log.clone(),
+        };
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().transpose()?.unwrap_or_default();
+        let Some(endpoint) = first.strip_prefix("listening on ") else {
+            bail!(
+                "coordinator did not start (stdout {first:?}); log:\n{}",
+                proc.log_text()
+            );
+        };
+        let endpoint = endpoint.trim().to_string();
+        ensure!(
+            endpoint.starts_with("https://127.0.0.1:"),
+            "coordinator listens on {endpoint}, not on loopback"
+        );
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Node {
+            proc,
+            endpoint,
+            dir: dir.to_path_buf(),
+            agents: Vec::new(),
+        })
+    }
+
+    /// Starts a real `cd-agent` with one slot and waits until the coordinator lists it as
+    /// connected.
+    pub async fn start_agent(&mut self, env: &BenchEnv, name: &str) -> Result<()> {
+        let tls = env.certs.tls(Role::Agent, name);
+        let work = self.dir.join("agents").join(name);
+        std::fs::create_dir_all(&work)?;
+        let log = work.join("agent.log");
+        let stderr = std::fs::File::create(&log)?;
+        let child = Command::new(env.bin.join("cd-agent"))
+            .args(["--name", name, "--endpoint", &self.endpoint, "--slots", "1"])
+            .arg("--ca")
+            .arg(&tls.ca)
+            .arg("--cert")
+            .arg(&tls.cert)
+            .arg("--key")
+            .arg(&tls.key)
+            .arg("--work-dir")
+            .arg(&work)
+            .env("RUST_LOG", rust_log())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .context("spawning cd-agent")?;
+        self.agents.push(Proc {
+            child,
+            log: log.clone(),
+        });
+        let c = env.control(self).await?;
+        eventually(
+            &format!("agent {name} to connect (log {})", log.display()),
+            Duration::from_secs(30),
+            || {
+                let mut c = c.clone();
+                async move {
+                    let agents = c
+                        .list_agents(pb::ListAgentsRequest {})
+                        .await
+                        .ok()?
+                        .into_inner()
+                        .agents;
+                    agents
+                        .iter()
+                        .any(|a| a.name == name && a.connected)
+                        .then_some(())
+                }
+            },
+        )
+        .await
+    }
+
+    /// A client of the agent API holding `name`'s agent certificate.
+    pub async fn agent_client(
+        &self,
+        env: &BenchEnv,
+        name: &str,
+    ) -> Result<AgentServiceClient<Channel>> {
+        let tls = env.certs.tls(Role::Agent, name);
+        let cfg = cd_common::tls::client_tls(&tls, "localhost")?;
+        let channel = Endpoint::from_shared(self.endpoint.clone())?
+            .tls_config(cfg)?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {}", self.endpoint))?;
+        Ok(AgentServiceClient::new(channel))
+    }
+}
+
+impl Node {
+    /// Stops the processes and removes the data dir (after a measurement succeeded; a failed
+    /// one keeps it for the logs).
+    pub fn discard(mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    fn stop(&mut self) {
+        // Agents first, so none reconnects to a dying coordinator; Proc's drop kills each.
+        self.agents.clear();
+        self.proc.kill9();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The processes log at `info` (what a deployment runs with) unless RUST_LOG says otherwise.
+fn rust_log() -> String {
+    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())
+}

@@ -1,0 +1,101 @@
+//! The figures each measurement returns, gathered over repetitions and printed as one
+//! Markdown table with the machine and the command that produced it.
+
+use std::path::Path;
+use std::process::Command;
+
+use super::stats::Spread;
+
+/// One figure of one repetition.
+#[derive(Debug, Clone)]
+pub struct Value {
+    pub name: &'static str,
+    pub unit: &'static str,
+    pub value: f64,
+}
+
+impl Value {
+    pub fn new(name: &'static str, unit: &'static str, value: f64) -> Value {
+        Value { name, unit, value }
+    }
+}
+
+/// Every figure in the order first seen, with its value in each repetition.
+#[derive(Default)]
+pub struct Table {
+    rows: Vec<(&'static str, &'static str, Vec<f64>)>,
+}
+
+impl Table {
+    pub fn add(&mut self, values: &[Value]) {
+        for v in values {
+            match self.rows.iter_mut().find(|(name, _, _)| *name == v.name) {
+                Some((_, _, all)) => all.push(v.value),
+                None => self.rows.push((v.name, v.unit, vec![v.value])),
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The Markdown table: median over repetitions, min..max, and every repetition's value.
+    pub fn markdown(&self) -> String {
+        let mut s = String::from(
+            "| figure | unit | median | min..max | each repetition |\n|---|---|---:|---:|---|\n",
+        );
+        for (name, unit, values) in &self.rows {
+            let spread = Spread::of(values);
+            let each: Vec<String> = values.iter().map(|v| fmt(*v, unit)).collect();
+            s.push_str(&format!(
+                "| {name} | {unit} | {} | {}..{} | {} |\n",
+                fmt(spread.median, unit),
+                fmt(spread.min, unit),
+                fmt(spread.max, unit),
+                each.join(", ")
+            ));
+        }
+        s
+    }
+}
+
+/// Whole units, except MB/s with one decimal.
+pub fn fmt(v: f64, unit: &str) -> String {
+    if unit == "MB/s" {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// Where and how the figures were taken, as Markdown lines.
+pub fn machine(data_dir: &Path) -> String {
+    let nproc = std::thread::available_parallelism().map_or(0, usize::from);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let fs = output("stat", &["-f", "-c", "%T", &data_dir.to_string_lossy()]);
+    format!(
+        "- machine: nproc {nproc}, CPU {cpu}, kernel `{}`\n- data dir: {} (filesystem {fs})\n- date: {}\n",
+        output("uname", &["-r"]),
+        data_dir.display(),
+        output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+    )
+}
+
+fn output(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
