@@ -72,7 +72,12 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     config.validate().map_err(AgentError::Config)?;
     let _lock = lock_work_dir(&config.work_dir)?;
-    let workspaces = config.work_dir.join("workspaces");
+    // Absolute, so CD_WORKSPACE means the same thing inside the stage as here.
+    let work_dir = std::path::absolute(&config.work_dir).map_err(|source| AgentError::WorkDir {
+        path: config.work_dir.clone(),
+        source,
+    })?;
+    let workspaces = work_dir.join("workspaces");
     clear_workspaces(&workspaces)?;
     let conn = Arc::new(Connection::new(
         &config.name,

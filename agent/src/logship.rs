@@ -7,7 +7,7 @@
 //!   with no gaps;
 //! - it flushes when `batch_bytes` of new data have arrived or `flush_interval` (jittered ±20%)
 //!   after data first waits, sending every unacknowledged chunk in requests of at most
-//!   `batch_bytes`;
+//!   `batch_bytes` and `batch_chunks`;
 //! - it keeps every chunk until a `LogAck` with `next_seq > seq` covers it. Chunks that a
 //!   response did not acknowledge, or that a failed call carried, are sent again on the next flush
 //!   (failures back off exponentially); the coordinator drops duplicates by seq;
@@ -49,6 +49,8 @@ pub struct LogConfig {
     pub chunk_bytes: usize,
     /// Largest request, and the amount of new data that triggers a flush (64 KiB).
     pub batch_bytes: usize,
+    /// Most chunks in one request (the coordinator refuses more than 1024).
+    pub batch_chunks: usize,
     /// Longest time data waits before a flush (100 ms, jittered ±20%).
     pub flush_interval: Duration,
     /// Bytes held (pending or unacknowledged) before the shipper stops taking more (8 MiB).
@@ -62,6 +64,7 @@ impl Default for LogConfig {
         Self {
             chunk_bytes: 32 * 1024,
             batch_bytes: 64 * 1024,
+            batch_chunks: 256,
             flush_interval: Duration::from_millis(100),
             max_buffered: 8 * 1024 * 1024,
             queue: 256,
@@ -334,7 +337,9 @@ impl<S: LogSink> Shipper<S> {
             let mut bytes = 0;
             while let Some((key, seq)) = ids.get(next) {
                 if let Some(chunk) = self.lookup(key, *seq) {
-                    if !batch.is_empty() && bytes + chunk.data.len() > self.config.batch_bytes {
+                    let full = bytes + chunk.data.len() > self.config.batch_bytes
+                        || batch.len() >= self.config.batch_chunks;
+                    if !batch.is_empty() && full {
                         break;
                     }
                     bytes += chunk.data.len();

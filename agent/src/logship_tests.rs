@@ -17,6 +17,7 @@ fn small_config() -> LogConfig {
     LogConfig {
         chunk_bytes: 1024,
         batch_bytes: 2048,
+        batch_chunks: 3,
         flush_interval: Duration::from_millis(20),
         max_buffered: 1 << 20,
         queue: 8,
@@ -90,6 +91,7 @@ async fn chunks_are_cut_at_the_size_limit_numbered_and_batched() {
             push.len() == 1 || bytes <= 2048,
             "a batch stays within batch_bytes"
         );
+        assert!(push.len() <= 3, "a batch stays within batch_chunks");
         assert!(!push.is_empty());
     }
 }

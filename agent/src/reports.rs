@@ -15,6 +15,8 @@ use quick_xml::reader::Reader;
 const MAX_JUNIT_BYTES: u64 = 32 * 1024 * 1024;
 /// Largest metrics file read (1 MiB).
 const MAX_METRICS_BYTES: u64 = 1024 * 1024;
+/// Most metrics kept from one file (the coordinator refuses a result with more).
+pub const MAX_METRICS: usize = 1000;
 
 /// Test counts and metrics parsed from the declared reports, with a message per problem.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -209,8 +211,15 @@ pub fn parse_metrics(bytes: &[u8]) -> (HashMap<String, f64>, Vec<String>) {
     };
     let mut metrics = HashMap::new();
     let mut problems = Vec::new();
+    let total = object.len();
     for (name, value) in object {
-        match value.as_f64() {
+        if metrics.len() == MAX_METRICS {
+            problems.push(format!(
+                "{total} entries is over the limit of {MAX_METRICS}; the rest were dropped"
+            ));
+            break;
+        }
+        match value.as_f64().filter(|n| n.is_finite()) {
             Some(n) => {
                 metrics.insert(name, n);
             }

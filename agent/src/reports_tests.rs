@@ -86,6 +86,14 @@ fn metrics_good_and_bad_values() {
     assert!(m.is_empty() && problems[0].contains("object"));
     let (_, problems) = parse_metrics(b"{not json");
     assert!(problems[0].contains("invalid JSON"));
+
+    let many: serde_json::Map<String, serde_json::Value> = (0..MAX_METRICS + 5)
+        .map(|i| (format!("m{i}"), serde_json::Value::from(i)))
+        .collect();
+    let text = serde_json::to_vec(&many).expect("json");
+    let (m, problems) = parse_metrics(&text);
+    assert_eq!(m.len(), MAX_METRICS);
+    assert!(problems[0].contains("limit"), "{problems:?}");
 }
 
 #[test]

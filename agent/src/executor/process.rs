@@ -45,7 +45,9 @@ pub struct ProcessExecutor {
 impl ProcessExecutor {
     /// `root` is `work_dir/workspaces`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        let root = root.into();
+        let root = std::path::absolute(&root).unwrap_or(root);
+        Self { root }
     }
 
     /// Where the attempt's workspace lives.

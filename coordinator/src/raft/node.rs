@@ -376,3 +376,156 @@ impl<T: Transport> Node<T> {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::{NoPeers, Role};
+    use crate::state::Kind;
+    use crate::state::command::{ApplyPipeline, StartRun};
+    use crate::store::MemEngine;
+
+    fn spec_json() -> String {
+        let spec =
+            cd_common::spec::parse("name: p\nstages:\n  - name: a\n    run: 'true'\n", "p.yaml")
+                .expect("valid spec");
+        serde_json::to_string(&spec).expect("json")
+    }
+
+    async fn leader(
+        cfg: &NodeConfig,
+        engine: &Arc<dyn Engine>,
+    ) -> (
+        RaftHandle,
+        tokio::task::JoinHandle<Result<(), NodeError>>,
+        CancellationToken,
+    ) {
+        let stop = CancellationToken::new();
+        let (h, task) =
+            start_node(cfg.clone(), engine.clone(), NoPeers, stop.clone()).expect("node starts");
+        h.status()
+            .wait_for(|s| s.role == Role::Leader)
+            .await
+            .expect("becomes leader");
+        (h, task, stop)
+    }
+
+    async fn propose_runs(h: &RaftHandle, n: usize) -> Vec<String> {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            match h
+                .propose(Kind::StartRun(StartRun {
+                    pipeline: "p".into(),
+                    ..Default::default()
+                }))
+                .await
+            {
+                Ok(Outcome::Run(id)) => ids.push(id),
+                other => panic!("unexpected answer {other:?}"),
+            }
+        }
+        ids
+    }
+
+    #[tokio::test]
+    async fn answers_carry_apply_results_and_state_survives_snapshot_and_replay() {
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::default());
+        let mut cfg = NodeConfig::single(1);
+        cfg.snapshot_every = 4;
+        let (h, task, stop) = leader(&cfg, &engine).await;
+        h.propose(Kind::ApplyPipeline(ApplyPipeline {
+            name: "p".into(),
+            spec_yaml: "y".into(),
+            file_name: "p.yaml".into(),
+            spec_json: spec_json(),
+        }))
+        .await
+        .expect("pipeline applied");
+        let ids = propose_runs(&h, 10).await;
+        assert_eq!(ids.first().map(String::as_str), Some("p-1"));
+        assert_eq!(ids.last().map(String::as_str), Some("p-10"));
+        // A refusal from apply reaches the caller as such.
+        let refused = h
+            .propose(Kind::StartRun(StartRun {
+                pipeline: "nope".into(),
+                ..Default::default()
+            }))
+            .await;
+        assert!(matches!(
+            refused,
+            Err(ProposeError::Rejected(crate::state::StateError::NotFound(
+                _
+            )))
+        ));
+        let before = h.read(|s| s.clone());
+        let applied = h.status().borrow().applied;
+
+        // Crash: no final snapshot; restart replays the log after the last periodic snapshot.
+        task.abort();
+        let _ = task.await;
+        drop(stop);
+        let (h2, task2, stop2) = leader(&cfg, &engine).await;
+        h2.wait_applied(applied).await.expect("replayed");
+        assert_eq!(h2.read(|s| s.clone()), before);
+        let snap = RaftStore::open(engine.clone(), &[])
+            .expect("open")
+            .load_snapshot()
+            .expect("read");
+        assert!(
+            snap.is_some_and(|s| s.get_metadata().index > 0),
+            "periodic snapshots were taken"
+        );
+
+        // Clean stop writes a snapshot at the applied index; a restart reads it back.
+        let more = propose_runs(&h2, 1).await;
+        assert_eq!(more, vec!["p-11".to_string()]);
+        let after = h2.read(|s| s.clone());
+        let applied = h2.status().borrow().applied;
+        stop2.cancel();
+        task2.await.expect("joins").expect("clean stop");
+        let snap = RaftStore::open(engine.clone(), &[])
+            .expect("open")
+            .load_snapshot()
+            .expect("read")
+            .expect("snapshot");
+        assert_eq!(snap.get_metadata().index, applied);
+        let (h3, _task3, _stop3) = leader(&cfg, &engine).await;
+        h3.wait_applied(applied).await.expect("loaded");
+        assert_eq!(h3.read(|s| s.clone()), after);
+    }
+
+    #[tokio::test]
+    async fn many_concurrent_proposals_are_each_answered_once() {
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::default());
+        let (h, _task, _stop) = leader(&NodeConfig::single(1), &engine).await;
+        h.propose(Kind::ApplyPipeline(ApplyPipeline {
+            name: "p".into(),
+            spec_yaml: "y".into(),
+            file_name: "p.yaml".into(),
+            spec_json: spec_json(),
+        }))
+        .await
+        .expect("pipeline applied");
+        let answers = futures::future::join_all((0..200).map(|_| {
+            let h = h.clone();
+            async move {
+                h.propose(Kind::StartRun(StartRun {
+                    pipeline: "p".into(),
+                    ..Default::default()
+                }))
+                .await
+            }
+        }))
+        .await;
+        let mut ids: Vec<String> = answers
+            .into_iter()
+            .map(|a| match a {
+                Ok(Outcome::Run(id)) => id,
+                other => panic!("unexpected answer {other:?}"),
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 200, "every proposal got its own run");
+    }
+}
