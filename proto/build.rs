@@ -1,4 +1,4 @@
-//! Compiles `cd/v1/*.proto` with protox (pure Rust), so `cargo build` needs no system protoc.
+//! Compiles `cd/v1/*.proto` and `cd/raft/v1/*.proto` with protox (pure Rust), so `cargo build` needs no system protoc.
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "cd/v1/types.proto",
         "cd/v1/control.proto",
         "cd/v1/agent.proto",
+        "cd/v1/cluster.proto",
+        "cd/raft/v1/raft.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -158,7 +158,7 @@ impl Connection {
             .metadata()
             .get(LEADER_METADATA)
             .and_then(|v| v.to_str().ok())
-            .map(normalize_url)
+            .and_then(leader_url)
             .filter(|hint| hint != url);
         if let Some(hint) = hint {
             if let Some(i) = state.slots.iter().position(|s| s.url == hint) {
@@ -309,14 +309,16 @@ impl LogSink for Connection {
     }
 }
 
-/// `host:port` becomes `https://host:port`; a trailing `/` goes.
-fn normalize_url(text: &str) -> String {
+/// The address in a leader hint: a URL, or `host:port` (taken as https). A hint that is not an
+/// address (a bare node id) gives `None`, and the next configured endpoint is tried instead.
+fn leader_url(text: &str) -> Option<String> {
     let text = text.trim().trim_end_matches('/');
     if text.contains("://") {
-        text.to_string()
-    } else {
-        format!("https://{text}")
+        return Some(text.to_string());
     }
+    let (_, port) = text.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    Some(format!("https://{text}"))
 }
 
 /// The host name the server certificate is checked against.
@@ -409,6 +411,15 @@ mod tests {
         );
         c.note_failure("https://127.0.0.1:7403", &status);
         assert_eq!(current(&c), "https://127.0.0.1:7401");
+        assert_eq!(c.lock().slots.len(), 3);
+
+        // A hint that names a node id rather than an address: just try the next endpoint.
+        let mut status = Status::unavailable("not the leader; node 2 is");
+        status
+            .metadata_mut()
+            .insert(LEADER_METADATA, MetadataValue::from_static("2"));
+        c.note_failure("https://127.0.0.1:7401", &status);
+        assert_eq!(current(&c), "https://127.0.0.1:7402");
         assert_eq!(c.lock().slots.len(), 3);
     }
 

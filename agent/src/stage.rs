@@ -10,7 +10,8 @@ use std::time::Duration;
 use cd_proto::v1::{Assignment, StageResult};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tracing::{Instrument, debug, info, warn};
+use tonic::Code;
+use tracing::{Instrument, debug, error, info, warn};
 
 use crate::connection::{AgentApi, describe, is_refused};
 use crate::executor::{Executor, Exit, StageSpec, Workspace};
@@ -65,8 +66,12 @@ async fn deliver<A: AgentApi>(
     }
 }
 
-async fn report<A: AgentApi>(ctx: &StageContext<A>, key: &AttemptKey, result: StageResult) {
+/// `ReportResult`, retried with backoff until it is taken. A result refused as stale is dropped;
+/// one refused as invalid is sent once more without its report data.
+async fn report<A: AgentApi>(ctx: &StageContext<A>, key: &AttemptKey, mut result: StageResult) {
+    bound_errors(&mut result.errors);
     let mut backoff = Backoff::standard();
+    let mut stripped = false;
     loop {
         match ctx.api.report_result(key.to_ref(), result.clone()).await {
             Ok(()) => {
@@ -81,6 +86,25 @@ async fn report<A: AgentApi>(ctx: &StageContext<A>, key: &AttemptKey, result: St
             Err(status) if is_refused(&status) => {
                 warn!(error = %describe(&status), "the coordinator refused the result as stale; dropped");
                 return;
+            }
+            Err(status) if status.code() == Code::InvalidArgument => {
+                if stripped {
+                    error!(error = %describe(&status), "the coordinator rejected the result; dropped");
+                    return;
+                }
+                error!(error = %describe(&status), "the coordinator rejected the result; sending it without report data");
+                let mut errors = vec![format!(
+                    "result rejected by the coordinator: {}",
+                    status.message()
+                )];
+                bound_errors(&mut errors);
+                result = StageResult {
+                    tests: None,
+                    metrics: Default::default(),
+                    errors,
+                    ..result
+                };
+                stripped = true;
             }
             Err(status) => {
                 let delay = backoff.next_delay();
@@ -319,6 +343,28 @@ async fn failure(log: &AttemptLog, started: Instant, message: String) -> StageRe
 async fn destroy<A>(ctx: &StageContext<A>, ws: Workspace) {
     if let Err(e) = ctx.executor.destroy(ws).await {
         warn!(error = %e, "cannot remove the workspace");
+    }
+}
+
+/// Most error messages in one result, and the longest one kept (the coordinator bounds both).
+const MAX_ERRORS: usize = 20;
+const MAX_ERROR_BYTES: usize = 2048;
+
+fn bound_errors(errors: &mut Vec<String>) {
+    if errors.len() > MAX_ERRORS {
+        let dropped = errors.len() - (MAX_ERRORS - 1);
+        errors.truncate(MAX_ERRORS - 1);
+        errors.push(format!("... and {dropped} more errors"));
+    }
+    for e in errors.iter_mut() {
+        if e.len() > MAX_ERROR_BYTES {
+            let mut end = MAX_ERROR_BYTES;
+            while !e.is_char_boundary(end) {
+                end -= 1;
+            }
+            e.truncate(end);
+            e.push_str("...");
+        }
     }
 }
 

@@ -107,7 +107,10 @@ async fn output_reaches_the_log_in_order_with_contiguous_seq() {
     let text = h.api.log_text(&key);
     assert!(text.starts_with("hi run-7 web build 2 abc123 staging agent-1\nin-workspace\n"));
     // stdout's partial last line is kept (stderr lines may still follow it).
-    assert!(text.contains("line-400\nno newline at the end"), "{text}");
+    let tail = text
+        .find("no newline at the end")
+        .expect("partial last line kept");
+    assert!(tail > text.find("line-400\n").expect("last line"), "{text}");
     let positions = |prefix: &str| -> Vec<usize> {
         (1..=400)
             .map(|i| {
@@ -271,4 +274,33 @@ async fn a_stale_log_cancels_and_drops_the_result() {
     let (_, control) = h.run(a).await;
     assert_eq!(control.reason(), Some(&CancelReason::Stale));
     assert!(h.api.results().is_empty());
+}
+
+#[tokio::test]
+async fn an_invalid_result_is_resent_without_report_data() {
+    let h = harness();
+    h.api.reject_results(1);
+    let mut a = assignment("accept", "echo '{\"accuracy\": 0.9}' > m.json; exit 2");
+    a.reports = Some(Reports {
+        junit: String::new(),
+        metrics: "m.json".into(),
+    });
+    let (key, _) = h.run(a).await;
+    let result = h.result(&key);
+    assert_eq!(result.exit_code, 2);
+    assert!(result.metrics.is_empty());
+    assert_eq!(
+        result.errors,
+        vec!["result rejected by the coordinator: result.metrics: too many".to_string()]
+    );
+}
+
+#[test]
+fn error_lists_are_bounded() {
+    let mut errors: Vec<String> = (0..30).map(|i| format!("e{i}")).collect();
+    errors[0] = "é".repeat(5000);
+    bound_errors(&mut errors);
+    assert_eq!(errors.len(), MAX_ERRORS);
+    assert!(errors[0].len() <= MAX_ERROR_BYTES + 3);
+    assert_eq!(errors[MAX_ERRORS - 1], "... and 11 more errors");
 }

@@ -27,6 +27,8 @@ struct State {
     accept_per_push: Option<usize>,
     stale: HashSet<AttemptKey>,
     refuse_start: bool,
+    /// Reject this many results with INVALID_ARGUMENT.
+    invalid_results: usize,
 }
 
 #[derive(Default)]
@@ -56,6 +58,9 @@ impl FakeApi {
     }
     pub fn refuse_start(&self) {
         self.lock().refuse_start = true;
+    }
+    pub fn reject_results(&self, n: usize) {
+        self.lock().invalid_results = n;
     }
     pub fn started(&self) -> Vec<AttemptRef> {
         self.lock().started.clone()
@@ -88,7 +93,12 @@ impl AgentApi for FakeApi {
     }
 
     async fn report_result(&self, attempt: AttemptRef, result: StageResult) -> Result<(), Status> {
-        self.lock().results.push((attempt, result));
+        let mut state = self.lock();
+        if state.invalid_results > 0 {
+            state.invalid_results -= 1;
+            return Err(Status::invalid_argument("result.metrics: too many"));
+        }
+        state.results.push((attempt, result));
         Ok(())
     }
 

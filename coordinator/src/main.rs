@@ -3,6 +3,7 @@
 
 mod dev;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -61,6 +62,49 @@ struct ServeArgs {
     /// Snapshot the state and compact the Raft log after this many entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
+    /// Every initial member as ID=URL, comma-separated, the same on every node, e.g.
+    /// `1=https://10.0.0.1:7400,2=https://10.0.0.2:7400,3=https://10.0.0.3:7400`.
+    /// Omit to run a cluster of one.
+    #[arg(long, value_parser = parse_cluster)]
+    initial_cluster: Option<BTreeMap<u64, String>>,
+    /// Join a running cluster (run `cdctl cluster add ID URL` first); --initial-cluster then
+    /// lists the current members and this node.
+    #[arg(long)]
+    join: bool,
+    /// URL other nodes and clients use to reach this node (default: this node's entry in
+    /// --initial-cluster, else https://<listen address>).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Raft tick: heartbeats every 2 ticks, elections after 10-20 ticks without a leader.
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    raft_tick: std::time::Duration,
+    /// Accept the SetFaults RPC, which drops raft messages to chosen nodes. For tests only.
+    #[arg(long, hide = true)]
+    enable_fault_injection: bool,
+}
+
+fn parse_cluster(s: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, url) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: expected ID=URL"))?;
+        let id: u64 = id
+            .parse()
+            .ok()
+            .filter(|i| *i > 0)
+            .ok_or_else(|| format!("{part:?}: the id must be a positive integer"))?;
+        if !url.starts_with("https://") {
+            return Err(format!("{part:?}: the URL must start with https://"));
+        }
+        if out.insert(id, url.to_string()).is_some() {
+            return Err(format!("node {id} is listed twice"));
+        }
+    }
+    if out.is_empty() {
+        return Err("no members given".into());
+    }
+    Ok(out)
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -104,6 +148,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     );
     cfg.node_id = args.node_id;
+    if let Some(c) = args.initial_cluster {
+        anyhow::ensure!(
+            c.contains_key(&args.node_id),
+            "--initial-cluster does not list this node (--node-id {})",
+            args.node_id
+        );
+        cfg.initial_cluster = c;
+    }
+    cfg.join = args.join;
+    cfg.advertise = args.advertise;
+    cfg.tick = args.raft_tick;
+    cfg.fault_injection = args.enable_fault_injection;
     cfg.lease = args.lease;
     cfg.snapshot_every = args.snapshot_every;
     let shutdown = shutdown_on_signals();

@@ -1,6 +1,7 @@
 //! Assembles one coordinator: storage, the Raft node, the scheduler and the gRPC API, started
 //! on a bound listener and stopped by one shutdown token (STYLE.md, "Shape of the code").
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,13 +12,25 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span};
 
 use crate::api::{self, ApiConfig, Limits, Sessions};
-use crate::raft::{NoPeers, NodeConfig, NodeError, RaftHandle, start_node};
+use crate::raft::transport::{Faults, PeerTransport};
+use crate::raft::{NodeConfig, NodeError, RaftHandle, start_node};
 use crate::scheduler::{self, SchedulerConfig};
 use crate::store::{SledEngine, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
     pub node_id: u64,
+    /// Every initial member's id and API address (etcd-style static bootstrap). Empty runs a
+    /// cluster of one.
+    pub initial_cluster: BTreeMap<u64, String>,
+    /// Join a running cluster (after `cdctl cluster add`) instead of bootstrapping one.
+    pub join: bool,
+    /// The address other nodes and clients reach this node at; defaults to the listener's.
+    pub advertise: Option<String>,
+    /// Accept `SetFaults` (tests only).
+    pub fault_injection: bool,
+    /// Raft tick; elections time out after 10-20 ticks, heartbeats every 2.
+    pub tick: Duration,
     pub data_dir: PathBuf,
     pub tls: TlsPaths,
     pub lease: Duration,
@@ -29,6 +42,11 @@ impl CoordinatorConfig {
     pub fn new(data_dir: PathBuf, tls: TlsPaths) -> Self {
         CoordinatorConfig {
             node_id: 1,
+            initial_cluster: BTreeMap::new(),
+            join: false,
+            advertise: None,
+            fault_injection: false,
+            tick: Duration::from_millis(50),
             data_dir,
             tls,
             lease: Duration::from_secs(10),
@@ -46,6 +64,8 @@ pub enum CoordinatorError {
     Node(#[from] NodeError),
     #[error(transparent)]
     Serve(#[from] api::ServeError),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
     #[error("raft task panicked: {0}")]
     Join(String),
 }
@@ -64,10 +84,34 @@ impl Coordinator {
         shutdown: CancellationToken,
     ) -> Result<Coordinator, CoordinatorError> {
         let engine = Arc::new(SledEngine::open(&cfg.data_dir.join("sled"))?);
+        let advertise = match &cfg.advertise {
+            Some(a) => a.clone(),
+            None => match cfg.initial_cluster.get(&cfg.node_id) {
+                Some(a) => a.clone(),
+                None => format!("https://{}", listener.local_addr()?),
+            },
+        };
         let mut node_cfg = NodeConfig::single(cfg.node_id);
         node_cfg.snapshot_every = cfg.snapshot_every;
+        node_cfg.tick = cfg.tick;
+        if cfg.initial_cluster.is_empty() {
+            node_cfg.members = BTreeMap::from([(cfg.node_id, advertise)]);
+        } else {
+            node_cfg.members = cfg.initial_cluster.clone();
+            node_cfg.voters = cfg.initial_cluster.keys().copied().collect();
+        }
+        if cfg.join {
+            node_cfg.voters.clear();
+        }
+        let faults = cfg.fault_injection.then(Faults::default);
+        let transport = PeerTransport::new(
+            cfg.node_id,
+            cfg.tls.clone(),
+            cfg.limits.max_peer_message,
+            faults.clone().unwrap_or_default(),
+        );
         let node_stop = CancellationToken::new();
-        let (node, node_task) = start_node(node_cfg, engine, NoPeers, node_stop.clone())?;
+        let (node, node_task) = start_node(node_cfg, engine, transport, node_stop.clone())?;
         let sessions = Sessions::default();
         let sched = tokio::spawn(
             scheduler::run(
@@ -84,6 +128,7 @@ impl Coordinator {
         let api_cfg = ApiConfig {
             lease: cfg.lease,
             limits: cfg.limits.clone(),
+            faults,
         };
         let handle = node.clone();
         let task = tokio::spawn(async move {

@@ -7,5 +7,11 @@ pub mod v1 {
     tonic::include_proto!("cd.v1");
 }
 
+/// Peer traffic between coordinators.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod raft_v1 {
+    tonic::include_proto!("cd.raft.v1");
+}
+
 /// Encoded `FileDescriptorSet` for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cd_descriptor");

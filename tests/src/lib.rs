@@ -474,9 +474,17 @@ pub fn workspace_root() -> PathBuf {
         .expect("workspace root")
 }
 
-/// Whether a process exists (signal 0).
+/// Whether a process is still running. A zombie (exited, not yet reaped — orphans whose
+/// reaper never waits stay so) counts as gone.
 pub fn alive(pid: i32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }
 
 /// One coordinator and some agents in a temp dir, ready when every agent is connected.

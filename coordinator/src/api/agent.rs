@@ -15,7 +15,7 @@ use super::ApiConfig;
 use super::convert;
 use super::sessions::Sessions;
 use super::status::{from_propose, invalid};
-use crate::raft::{AppliedEvent, RaftHandle};
+use crate::raft::{AppliedEvent, ProposeError, RaftHandle};
 use crate::state::command::{self as cmd, AttemptKey};
 use crate::state::{Event, Kind, Outcome};
 
@@ -135,12 +135,25 @@ impl AgentService for AgentApi {
         let api = self.clone();
         let agent = r.agent.clone();
         let span = info_span!("attach", agent = %agent);
+        let mut status = self.node.status();
         tokio::spawn(
             async move {
                 loop {
                     let msg = tokio::select! {
                         _ = tx.closed() => break,
                         _ = api.shutdown.cancelled() => break,
+                        changed = status.changed() => {
+                            if changed.is_err() || api.node.is_leader() {
+                                if changed.is_err() { break; }
+                                continue;
+                            }
+                            // Leadership moved: send the agent to the new leader.
+                            let s = status.borrow().clone();
+                            let addr = api.node.member_address(s.leader_id).unwrap_or_default();
+                            let err = from_propose(ProposeError::NotLeader { leader_id: s.leader_id, leader_addr: addr });
+                            let _ = tx.send(Err(err)).await;
+                            break;
+                        }
                         ev = events.recv() => match ev {
                             Ok(ev) => api.event_msg(&agent, &ev).map(|m| vec![m]).unwrap_or_default(),
                             Err(broadcast::error::RecvError::Lagged(n)) => {

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::sessions::Sessions;
-use super::status::{from_propose, from_store, invalid};
+use super::status::{STALE_METADATA, from_propose, from_store, invalid};
 use super::{ApiConfig, convert, identity};
 use crate::raft::RaftHandle;
 use crate::state::command as cmd;
@@ -36,6 +36,15 @@ const MAX_PAGE: usize = 1000;
 const LOG_READ_BATCH: usize = 256;
 
 impl ControlApi {
+    /// Linearizable reads by default (ReadIndex on the leader; followers point at it). A
+    /// request with `cd-stale: true` metadata reads this node's applied state as it is.
+    async fn barrier<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if req.metadata().get(STALE_METADATA).is_some_and(|v| v == "true") {
+            return Ok(());
+        }
+        self.node.linearizable().await.map_err(from_propose)
+    }
+
     fn run_pb(&self, id: &str) -> Result<pb::Run, Status> {
         self.node
             .read(|st| st.runs.get(id).map(|r| convert::run(st, r)))
@@ -110,8 +119,9 @@ impl ControlService for ControlApi {
 
     async fn list_pipelines(
         &self,
-        _req: Request<pb::ListPipelinesRequest>,
+        req: Request<pb::ListPipelinesRequest>,
     ) -> Result<Response<pb::ListPipelinesResponse>, Status> {
+        self.barrier(&req).await?;
         let pipelines = self.node.read(|st| {
             st.pipelines
                 .values()
@@ -125,6 +135,7 @@ impl ControlService for ControlApi {
         &self,
         req: Request<pb::GetPipelineRequest>,
     ) -> Result<Response<pb::Pipeline>, Status> {
+        self.barrier(&req).await?;
         let r = req.into_inner();
         self.node
             .read(|st| {
@@ -192,6 +203,7 @@ impl ControlService for ControlApi {
     }
 
     async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
+        self.barrier(&req).await?;
         Ok(Response::new(self.run_pb(&req.get_ref().run_id)?))
     }
 
@@ -199,6 +211,7 @@ impl ControlService for ControlApi {
         &self,
         req: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        self.barrier(&req).await?;
         let r = req.into_inner();
         let size = match r.page_size as usize {
             0 => DEFAULT_PAGE,
@@ -267,6 +280,7 @@ impl ControlService for ControlApi {
         &self,
         req: Request<pb::WatchRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
+        self.barrier(&req).await?;
         let id = req.into_inner().run_id;
         let mut events = self.node.subscribe();
         let first = self.run_pb(&id)?;
@@ -308,6 +322,7 @@ impl ControlService for ControlApi {
         &self,
         req: Request<pb::FollowLogsRequest>,
     ) -> Result<Response<Self::FollowLogsStream>, Status> {
+        self.barrier(&req).await?;
         let r = req.into_inner();
         let exists = self.node.read(|st| {
             st.runs
@@ -433,8 +448,9 @@ impl ControlService for ControlApi {
 
     async fn list_agents(
         &self,
-        _req: Request<pb::ListAgentsRequest>,
+        req: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        self.barrier(&req).await?;
         let agents = self.node.read(|st| {
             st.agents
                 .values()
@@ -456,8 +472,9 @@ impl ControlService for ControlApi {
 
     async fn list_environments(
         &self,
-        _req: Request<pb::ListEnvironmentsRequest>,
+        req: Request<pb::ListEnvironmentsRequest>,
     ) -> Result<Response<pb::ListEnvironmentsResponse>, Status> {
+        self.barrier(&req).await?;
         let environments = self.node.read(|st| {
             let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
             for d in &st.deployments {
@@ -479,6 +496,7 @@ impl ControlService for ControlApi {
         &self,
         req: Request<pb::EnvironmentHistoryRequest>,
     ) -> Result<Response<pb::EnvironmentHistoryResponse>, Status> {
+        self.barrier(&req).await?;
         let env = req.into_inner().environment;
         let deployments: Vec<_> = self.node.read(|st| {
             st.deployments

@@ -1,12 +1,31 @@
 //! Who is calling: the SPIFFE identity in the client certificate that mutual TLS verified.
 
-use tonic::Request;
+use cd_common::certs::{Identity, Role};
+use tonic::{Request, Status};
 
-/// The caller's identity as text (`spiffe://td/role/name`), or `unknown` when the certificate
-/// carries none (per-role authorization is enforced in a later change).
-pub fn caller<T>(req: &Request<T>) -> String {
+/// The caller's identity, if its certificate carries a valid one.
+pub fn identity<T>(req: &Request<T>) -> Option<Identity> {
     req.peer_certs()
         .and_then(|certs| certs.first().cloned())
         .and_then(|c| cd_common::certs::identity_from_der(c.as_ref()).ok())
-        .map_or_else(|| "unknown".to_string(), |id| id.to_string())
+}
+
+/// The caller's identity as text (`spiffe://td/role/name`), or `unknown` when the certificate
+/// carries none (per-role authorization of the public API is a later change).
+pub fn caller<T>(req: &Request<T>) -> String {
+    identity(req).map_or_else(|| "unknown".to_string(), |id| id.to_string())
+}
+
+/// Refuses callers whose certificate does not carry `role`.
+pub fn require_role<T>(req: &Request<T>, role: Role) -> Result<Identity, Status> {
+    match identity(req) {
+        Some(id) if id.role == role => Ok(id),
+        Some(id) => Err(Status::permission_denied(format!(
+            "{id} may not call this service (role {} required)",
+            role.as_str()
+        ))),
+        None => Err(Status::unauthenticated(
+            "the client certificate carries no Conveyor identity",
+        )),
+    }
 }

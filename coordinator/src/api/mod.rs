@@ -1,18 +1,22 @@
-//! gRPC services: the operator API, the agent API, health and reflection, all on one
-//! mutual-TLS listener. Handlers turn requests into commands and read applied state; nothing
+//! gRPC services: the operator API, the agent API, cluster administration, the peer (Raft)
+//! service, health and reflection, all on one mutual-TLS listener. Handlers turn requests into commands and read applied state; nothing
 //! below this folder sees a tonic type.
 
 mod agent;
+mod cluster;
 mod control;
 pub mod convert;
 mod identity;
+mod peer;
 mod sessions;
 pub mod status;
 
 use std::time::Duration;
 
 use cd_common::tls::TlsPaths;
+use cd_proto::raft_v1::raft_peer_server::RaftPeerServer;
 use cd_proto::v1::agent_service_server::AgentServiceServer;
+use cd_proto::v1::cluster_service_server::ClusterServiceServer;
 use cd_proto::v1::control_service_server::ControlServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -21,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 pub use sessions::Sessions;
 
 use crate::raft::RaftHandle;
+use crate::raft::transport::Faults;
 
 /// Bounds on what one request may carry; each error names the limit it hit.
 #[derive(Debug, Clone)]
@@ -30,8 +35,12 @@ pub struct Limits {
     pub max_chunks_per_push: usize,
     pub max_metrics: usize,
     pub max_params: usize,
-    /// Largest decoded gRPC message.
+    /// Largest decoded gRPC message of the public API.
     pub max_message: usize,
+    /// Largest decoded message of the peer (Raft) service.
+    pub max_peer_message: usize,
+    /// Largest snapshot a node accepts from the leader.
+    pub max_snapshot: usize,
 }
 
 impl Default for Limits {
@@ -43,6 +52,8 @@ impl Default for Limits {
             max_metrics: 1000,
             max_params: 64 * 1024,
             max_message: 16 * 1024 * 1024,
+            max_peer_message: 64 * 1024 * 1024,
+            max_snapshot: 4 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -52,6 +63,8 @@ pub struct ApiConfig {
     /// How long an assignment lives without a heartbeat.
     pub lease: Duration,
     pub limits: Limits,
+    /// Set when the node runs with `--enable-fault-injection` (tests only).
+    pub faults: Option<Faults>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +94,15 @@ pub async fn serve(
         cfg: cfg.clone(),
         shutdown: shutdown.clone(),
     };
+    let peers = peer::PeerApi {
+        node: node.clone(),
+        max_snapshot: cfg.limits.max_snapshot,
+    };
+    let cluster = cluster::ClusterApi {
+        node: node.clone(),
+        faults: cfg.faults.clone(),
+    };
+    let peer_max = cfg.limits.max_peer_message;
     let agents = agent::AgentApi {
         node,
         sessions,
@@ -112,6 +134,12 @@ pub async fn serve(
         .add_service(reflection_alpha)
         .add_service(ControlServiceServer::new(control).max_decoding_message_size(max))
         .add_service(AgentServiceServer::new(agents).max_decoding_message_size(max))
+        .add_service(ClusterServiceServer::new(cluster).max_decoding_message_size(max))
+        .add_service(
+            RaftPeerServer::new(peers)
+                .max_decoding_message_size(peer_max)
+                .max_encoding_message_size(peer_max),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await?;
     Ok(())

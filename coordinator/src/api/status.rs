@@ -8,6 +8,8 @@ use crate::store::StoreError;
 
 /// Metadata key naming the leader's address on an UNAVAILABLE answer from a follower.
 pub const LEADER_METADATA: &str = "cd-leader";
+/// Request metadata asking for this node's applied state without a linearizability check.
+pub const STALE_METADATA: &str = "cd-stale";
 
 pub fn from_state(e: StateError) -> Status {
     match e {
@@ -23,22 +25,19 @@ pub fn from_state(e: StateError) -> Status {
 pub fn from_propose(e: ProposeError) -> Status {
     match e {
         ProposeError::Rejected(e) => from_state(e),
-        ProposeError::NotLeader { leader_id } => {
-            let mut s = Status::new(
-                Code::Unavailable,
-                if leader_id == 0 {
-                    "no leader elected yet; retry".to_string()
-                } else {
-                    format!("not the leader; node {leader_id} is")
-                },
-            );
-            if leader_id != 0
-                && let Ok(v) = leader_id.to_string().parse()
+        e @ ProposeError::NotLeader { .. } => {
+            let ProposeError::NotLeader { leader_addr, .. } = &e else {
+                unreachable!()
+            };
+            let mut s = Status::new(Code::Unavailable, format!("{e}; retry"));
+            if !leader_addr.is_empty()
+                && let Ok(v) = leader_addr.parse()
             {
                 s.metadata_mut().insert(LEADER_METADATA, v);
             }
             s
         }
+        ProposeError::Invalid(m) => Status::failed_precondition(m),
         ProposeError::Stopped => Status::unavailable("coordinator is shutting down"),
     }
 }

@@ -2,6 +2,7 @@
 
 use std::sync::{Arc, RwLock};
 
+use raft::eraftpb::{ConfChangeV2, Message};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::state::{Command, Event, Kind, Outcome, State, StateError};
@@ -34,16 +35,32 @@ pub struct NodeStatus {
     pub commit: u64,
     pub applied: u64,
     pub last_index: u64,
+    /// A voter of the current configuration (false for learners and removed nodes).
+    pub voter: bool,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProposeError {
-    #[error("not the leader (leader is node {leader_id})")]
-    NotLeader { leader_id: u64 },
+    #[error("not the leader ({})", leader_text(*leader_id, leader_addr))]
+    NotLeader {
+        leader_id: u64,
+        /// The leader's API address when known, for the `cd-leader` hint.
+        leader_addr: String,
+    },
     #[error(transparent)]
     Rejected(#[from] StateError),
     #[error("the raft node has stopped")]
     Stopped,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn leader_text(id: u64, addr: &str) -> String {
+    match (id, addr.is_empty()) {
+        (0, _) => "no leader elected yet".into(),
+        (id, true) => format!("leader is node {id}"),
+        (id, false) => format!("leader is node {id} at {addr}"),
+    }
 }
 
 /// An event with the index of the entry that produced it.
@@ -53,14 +70,33 @@ pub struct AppliedEvent {
     pub event: Event,
 }
 
-pub(super) struct Proposal {
-    pub cmd: Command,
-    pub reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+/// A peer's replication progress as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerProgress {
+    pub id: u64,
+    pub matched: u64,
+    pub voter: bool,
+    pub recent_active: bool,
+    pub last_contact_ms: i64,
+}
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T, ProposeError>>;
+
+/// Everything the Raft task can be asked to do.
+pub(super) enum Request {
+    Propose { cmd: Command, reply: Reply<Outcome> },
+    Step(Vec<Message>),
+    ReadIndex { reply: Reply<()> },
+    ConfChange { cc: ConfChangeV2, context: Vec<u8>, reply: Reply<Outcome> },
+    TransferLeader(u64),
+    Unreachable(u64),
+    SnapshotDone { to: u64, ok: bool },
+    Progress { reply: oneshot::Sender<Vec<PeerProgress>> },
 }
 
 #[derive(Clone)]
 pub struct RaftHandle {
-    pub(super) tx: mpsc::Sender<Proposal>,
+    pub(super) tx: mpsc::Sender<Request>,
     pub(super) state: Arc<RwLock<State>>,
     pub(super) events: broadcast::Sender<Arc<AppliedEvent>>,
     pub(super) status: watch::Receiver<NodeStatus>,
@@ -68,6 +104,15 @@ pub struct RaftHandle {
 }
 
 impl RaftHandle {
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| ProposeError::Stopped)?;
+        rx.await.map_err(|_| ProposeError::Stopped)?
+    }
+
     /// Proposes a command stamped with the current time; answers once it is applied.
     pub async fn propose(&self, kind: Kind) -> Result<Outcome, ProposeError> {
         self.propose_cmd(Command::new(cd_common::time::now_ms(), kind))
@@ -75,12 +120,45 @@ impl RaftHandle {
     }
 
     pub async fn propose_cmd(&self, cmd: Command) -> Result<Outcome, ProposeError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Proposal { cmd, reply })
+        self.ask(|reply| Request::Propose { cmd, reply }).await
+    }
+
+    /// Returns once this node's applied state includes every write committed before the call
+    /// (Raft ReadIndex). Only the leader answers; followers say who leads.
+    pub async fn linearizable(&self) -> Result<(), ProposeError> {
+        self.ask(|reply| Request::ReadIndex { reply }).await
+    }
+
+    /// Proposes a membership change; answers once it is applied. `context` carries the
+    /// address of an added node.
+    pub async fn change_membership(
+        &self,
+        cc: ConfChangeV2,
+        context: Vec<u8>,
+    ) -> Result<Outcome, ProposeError> {
+        self.ask(|reply| Request::ConfChange { cc, context, reply })
             .await
-            .map_err(|_| ProposeError::Stopped)?;
-        rx.await.map_err(|_| ProposeError::Stopped)?
+    }
+
+    /// Hands raft messages from a peer to the node; false if the node is overloaded.
+    pub fn step(&self, msgs: Vec<Message>) -> bool {
+        self.tx.try_send(Request::Step(msgs)).is_ok()
+    }
+
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), ProposeError> {
+        self.tx
+            .send(Request::TransferLeader(to))
+            .await
+            .map_err(|_| ProposeError::Stopped)
+    }
+
+    /// The leader's view of each peer (empty on followers).
+    pub async fn progress(&self) -> Vec<PeerProgress> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Request::Progress { reply }).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// Reads applied state. Keep `f` short: apply waits for it.
@@ -99,6 +177,11 @@ impl RaftHandle {
 
     pub fn is_leader(&self) -> bool {
         self.status.borrow().role == Role::Leader
+    }
+
+    /// The API address of `id`, if it is a known member.
+    pub fn member_address(&self, id: u64) -> Option<String> {
+        self.read(|st| st.members.get(&id).cloned())
     }
 
     /// Stored log chunks of a stage (all attempts when `attempt` is 0) from `from` on.

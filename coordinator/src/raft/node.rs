@@ -1,32 +1,42 @@
-//! The task that owns `RawNode`: ticks, drains proposals in groups (one fsync per group), and
+//! The task that owns `RawNode`: ticks, drains requests in groups (one fsync per group), and
 //! handles each `Ready` in raft-rs's order: send messages; install a snapshot; apply committed
 //! entries; persist entries and HardState durably; send persisted messages; advance; handle
 //! the light ready; advance_apply (DEPENDENCIES.md).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use raft::eraftpb::{Entry, EntryType, Snapshot};
-use raft::{RawNode, StateRole};
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType,
+    Snapshot,
+};
+use raft::{RawNode, SnapshotStatus, StateRole};
 use slog::Drain;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::Transport;
-use super::handle::{AppliedEvent, NodeStatus, Proposal, ProposeError, RaftHandle, Role};
+use super::handle::{
+    AppliedEvent, NodeStatus, PeerProgress, ProposeError, RaftHandle, Reply, Request, Role,
+};
+use super::{Feedback, Transport};
 use crate::state::{self, Command, Event, Outcome, State};
 use crate::store::{Batch, Engine, RaftStore, StoreError, Tree, chunk_key};
 
-/// Most proposals taken from the channel before one Ready (and one fsync) handles them all.
+/// Most requests taken from the channel before one Ready (and one fsync) handles them all.
 const MAX_GROUP: usize = 4096;
+/// A learner this close to the leader's last index is promoted to voter.
+const PROMOTE_LAG: u64 = 16;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub id: u64,
-    /// Initial voters when the store is empty (static bootstrap).
+    /// Initial voters when the store is empty (static bootstrap); empty to join a cluster.
     pub voters: Vec<u64>,
+    /// Initial members' API addresses (from `--initial-cluster`).
+    pub members: BTreeMap<u64, String>,
     pub tick: Duration,
     pub election_tick: usize,
     pub heartbeat_tick: usize,
@@ -39,9 +49,10 @@ impl NodeConfig {
         NodeConfig {
             id,
             voters: vec![id],
+            members: BTreeMap::new(),
             tick: Duration::from_millis(100),
             election_tick: 10,
-            heartbeat_tick: 3,
+            heartbeat_tick: 2,
             snapshot_every: 10_000,
         }
     }
@@ -65,7 +76,14 @@ struct Node<T: Transport> {
     status: watch::Sender<NodeStatus>,
     transport: T,
     /// Replies keyed by index, holding the term the entry was proposed in.
-    pending: BTreeMap<u64, (u64, oneshot::Sender<Result<Outcome, ProposeError>>)>,
+    pending: BTreeMap<u64, (u64, Reply<Outcome>)>,
+    /// ReadIndex requests sent to Raft, by context.
+    reads: HashMap<Vec<u8>, Reply<()>>,
+    /// Reads whose index is known, waiting for apply to reach it.
+    read_waits: Vec<(u64, Reply<()>)>,
+    next_read: u64,
+    last_heard: HashMap<u64, Instant>,
+    promoting: HashSet<u64>,
     applied: u64,
     applied_term: u64,
     snapshot_index: u64,
@@ -81,17 +99,20 @@ fn raft_logger() -> slog::Logger {
 pub fn start_node(
     cfg: NodeConfig,
     engine: Arc<dyn Engine>,
-    transport: impl Transport,
+    mut transport: impl Transport,
     shutdown: CancellationToken,
 ) -> Result<(RaftHandle, tokio::task::JoinHandle<Result<(), NodeError>>), NodeError> {
     let store = RaftStore::open(engine.clone(), &cfg.voters)?;
-    let (state, applied, applied_term) = match store.load_snapshot()? {
+    let (mut state, applied, applied_term) = match store.load_snapshot()? {
         Some(s) => {
             let st = State::from_snapshot(&s.data).map_err(NodeError::Snapshot)?;
             (st, s.get_metadata().index, s.get_metadata().term)
         }
         None => (State::default(), 0, 0),
     };
+    if state.members.is_empty() {
+        state.members = cfg.members.clone();
+    }
     let raft_cfg = raft::Config {
         id: cfg.id,
         election_tick: cfg.election_tick,
@@ -110,6 +131,9 @@ pub fn start_node(
         // A cluster of one need not wait an election timeout to lead.
         raw.campaign()?;
     }
+    let (tx, rx) = mpsc::channel(MAX_GROUP);
+    transport.start(Feedback { tx: tx.clone() });
+    transport.set_members(&peers_of(&state.members, cfg.id));
     let state = Arc::new(RwLock::new(state));
     let (events, _) = broadcast::channel(8192);
     let (status_tx, status_rx) = watch::channel(NodeStatus {
@@ -120,8 +144,8 @@ pub fn start_node(
         commit: applied,
         applied,
         last_index: applied,
+        voter: false,
     });
-    let (tx, rx) = mpsc::channel(MAX_GROUP);
     let handle = RaftHandle {
         tx,
         state: state.clone(),
@@ -137,6 +161,11 @@ pub fn start_node(
         status: status_tx,
         transport,
         pending: BTreeMap::new(),
+        reads: HashMap::new(),
+        read_waits: Vec::new(),
+        next_read: 0,
+        last_heard: HashMap::new(),
+        promoting: HashSet::new(),
         applied,
         applied_term,
         snapshot_index: applied,
@@ -147,10 +176,18 @@ pub fn start_node(
     Ok((handle, task))
 }
 
+fn peers_of(members: &BTreeMap<u64, String>, me: u64) -> BTreeMap<u64, String> {
+    members
+        .iter()
+        .filter(|(id, _)| **id != me)
+        .map(|(id, a)| (*id, a.clone()))
+        .collect()
+}
+
 impl<T: Transport> Node<T> {
     async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Proposal>,
+        mut rx: mpsc::Receiver<Request>,
         tick: Duration,
         shutdown: CancellationToken,
     ) -> Result<(), NodeError> {
@@ -159,13 +196,16 @@ impl<T: Transport> Node<T> {
         info!(applied = self.applied, "raft node started");
         loop {
             tokio::select! {
-                _ = ticker.tick() => { self.raw.tick(); }
-                p = rx.recv() => match p {
-                    Some(p) => {
-                        self.propose(p);
+                _ = ticker.tick() => {
+                    self.raw.tick();
+                    self.maybe_promote_learners();
+                }
+                r = rx.recv() => match r {
+                    Some(r) => {
+                        self.handle(r);
                         for _ in 1..MAX_GROUP {
                             match rx.try_recv() {
-                                Ok(p) => self.propose(p),
+                                Ok(r) => self.handle(r),
                                 Err(_) => break,
                             }
                         }
@@ -189,24 +229,148 @@ impl<T: Transport> Node<T> {
         Ok(())
     }
 
-    fn propose(&mut self, p: Proposal) {
-        if self.raw.raft.state != StateRole::Leader {
-            let _ = p.reply.send(Err(ProposeError::NotLeader {
-                leader_id: self.raw.raft.leader_id,
-            }));
+    fn not_leader(&self) -> ProposeError {
+        let leader_id = self.raw.raft.leader_id;
+        let leader_addr = self
+            .state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .members
+            .get(&leader_id)
+            .cloned()
+            .unwrap_or_default();
+        ProposeError::NotLeader {
+            leader_id,
+            leader_addr,
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    fn handle(&mut self, r: Request) {
+        match r {
+            Request::Propose { cmd, reply } => {
+                if !self.is_leader() {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                match self.raw.propose(Vec::new(), cmd.encode_to_vec()) {
+                    Ok(()) => self.track(reply),
+                    Err(e) => {
+                        debug!(error = %e, "proposal dropped");
+                        let _ = reply.send(Err(self.not_leader()));
+                    }
+                }
+            }
+            Request::Step(msgs) => {
+                for m in msgs {
+                    self.last_heard.insert(m.from, Instant::now());
+                    if let Err(e) = self.raw.step(m) {
+                        debug!(error = %e, "raft message ignored");
+                    }
+                }
+            }
+            Request::ReadIndex { reply } => {
+                if !self.is_leader() {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                self.next_read += 1;
+                let ctx = self.next_read.to_be_bytes().to_vec();
+                self.raw.read_index(ctx.clone());
+                self.reads.insert(ctx, reply);
+            }
+            Request::ConfChange { cc, context, reply } => {
+                if !self.is_leader() {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                match self.raw.propose_conf_change(context, cc) {
+                    Ok(()) => self.track(reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(ProposeError::Invalid(format!(
+                            "membership change refused: {e}"
+                        ))));
+                    }
+                }
+            }
+            Request::TransferLeader(to) => self.raw.transfer_leader(to),
+            Request::Unreachable(id) => self.raw.report_unreachable(id),
+            Request::SnapshotDone { to, ok } => {
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
+            Request::Progress { reply } => {
+                let _ = reply.send(self.progress());
+            }
+        }
+    }
+
+    /// Remembers who waits for the entry just appended.
+    fn track(&mut self, reply: Reply<Outcome>) {
+        let index = self.raw.raft.raft_log.last_index();
+        self.pending.insert(index, (self.raw.raft.term, reply));
+    }
+
+    fn progress(&self) -> Vec<PeerProgress> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let conf = self.raw.raft.prs().conf();
+        let now = Instant::now();
+        self.raw
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, pr)| PeerProgress {
+                id: *id,
+                matched: pr.matched,
+                voter: conf.voters().contains(*id),
+                recent_active: pr.recent_active,
+                last_contact_ms: self
+                    .last_heard
+                    .get(id)
+                    .map_or(0, |t| now.duration_since(*t).as_millis() as i64),
+            })
+            .collect()
+    }
+
+    /// Proposes promotion of learners that have caught up with the leader's log.
+    fn maybe_promote_learners(&mut self) {
+        if !self.is_leader() || self.raw.raft.has_pending_conf() {
             return;
         }
-        let data = p.cmd.encode_to_vec();
-        match self.raw.propose(Vec::new(), data) {
-            Ok(()) => {
-                let index = self.raw.raft.raft_log.last_index();
-                self.pending.insert(index, (self.raw.raft.term, p.reply));
-            }
-            Err(e) => {
-                debug!(error = %e, "proposal dropped");
-                let _ = p.reply.send(Err(ProposeError::NotLeader {
-                    leader_id: self.raw.raft.leader_id,
-                }));
+        let last = self.raw.raft.raft_log.last_index();
+        let ready: Vec<u64> = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, pr)| {
+                self.raw.raft.prs().conf().learners().contains(id)
+                    && pr.matched + PROMOTE_LAG >= last
+                    && !self.promoting.contains(id)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if let Some(id) = ready.first() {
+            let mut cc = ConfChangeV2::default();
+            let mut single = ConfChangeSingle::default();
+            single.set_change_type(ConfChangeType::AddNode);
+            single.node_id = *id;
+            cc.mut_changes().push(single);
+            match self.raw.propose_conf_change(Vec::new(), cc) {
+                Ok(()) => {
+                    info!(node = id, "learner caught up; promoting to voter");
+                    self.promoting.insert(*id);
+                }
+                Err(e) => debug!(error = %e, "promotion not proposed"),
             }
         }
     }
@@ -215,23 +379,37 @@ impl<T: Transport> Node<T> {
         if !self.raw.has_ready() {
             return Ok(());
         }
-        let was_leader = self.raw.raft.state == StateRole::Leader;
+        let was_leader = self.is_leader();
         let mut ready = self.raw.ready();
-        self.transport.send(ready.take_messages());
+        self.send(ready.take_messages());
         if !ready.snapshot().is_empty() {
             self.install_snapshot(ready.snapshot().clone())?;
         }
         self.apply_entries(ready.take_committed_entries())?;
+        let read_states = ready.take_read_states();
         self.raw.store().persist(ready.entries(), ready.hs())?;
-        self.transport.send(ready.take_persisted_messages());
+        self.send(ready.take_persisted_messages());
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
             self.raw.store().set_commit(commit)?;
         }
-        self.transport.send(light.take_messages());
+        self.send(light.take_messages());
         self.apply_entries(light.take_committed_entries())?;
         self.raw.advance_apply();
-        if was_leader && self.raw.raft.state != StateRole::Leader {
+        for rs in read_states {
+            if let Some(reply) = self.reads.remove(&rs.request_ctx) {
+                self.read_waits.push((rs.index, reply));
+            }
+        }
+        let applied = self.applied;
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.read_waits)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        self.read_waits = waiting;
+        for (_, reply) in done {
+            let _ = reply.send(Ok(()));
+        }
+        if was_leader && !self.is_leader() {
             // Entries this node proposed may be overwritten by the new leader; callers retry.
             self.fail_all();
         }
@@ -241,6 +419,12 @@ impl<T: Transport> Node<T> {
         Ok(())
     }
 
+    fn send(&mut self, msgs: Vec<Message>) {
+        if !msgs.is_empty() {
+            self.transport.send(msgs);
+        }
+    }
+
     fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), NodeError> {
         if entries.is_empty() {
             return Ok(());
@@ -248,52 +432,61 @@ impl<T: Transport> Node<T> {
         let mut batch = Batch::default();
         let mut out = Vec::new();
         let mut replies = Vec::new();
+        let mut members_changed = false;
         {
             let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
             for e in entries {
                 self.applied = e.index;
                 self.applied_term = e.term;
                 let reply = self.pending.remove(&e.index);
-                if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
-                    // Leader no-ops and (for now) configuration changes carry no command.
-                    if let Some((_, tx)) = reply {
-                        replies.push((tx, Ok(Outcome::Done)));
+                let result = match e.get_entry_type() {
+                    EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                        members_changed = true;
+                        apply_conf_change(&mut self.raw, &mut st, &e).map(|()| Outcome::Done)
                     }
-                    continue;
-                }
-                let applied = match Command::decode(&e.data) {
-                    Ok(cmd) => state::apply(&mut st, &cmd, e.index),
-                    Err(err) => {
-                        warn!(index = e.index, error = %err, "undecodable entry skipped");
-                        continue;
-                    }
+                    EntryType::EntryNormal if e.data.is_empty() => Ok(Outcome::Done),
+                    EntryType::EntryNormal => match Command::decode(&e.data) {
+                        Ok(cmd) => {
+                            let applied = state::apply(&mut st, &cmd, e.index);
+                            for ev in &applied.events {
+                                if let Event::LogAppended {
+                                    run_id,
+                                    stage,
+                                    attempt,
+                                    seq,
+                                    data,
+                                } = ev
+                                {
+                                    batch.put(
+                                        Tree::Logs,
+                                        &chunk_key(run_id, stage, *attempt, *seq),
+                                        data.clone(),
+                                    );
+                                }
+                            }
+                            out.extend(applied.events.into_iter().map(|event| AppliedEvent {
+                                index: e.index,
+                                event,
+                            }));
+                            applied.result.map_err(ProposeError::from)
+                        }
+                        Err(err) => {
+                            warn!(index = e.index, error = %err, "undecodable entry skipped");
+                            Err(ProposeError::Invalid(format!("undecodable entry: {err}")))
+                        }
+                    },
                 };
-                for ev in &applied.events {
-                    if let Event::LogAppended {
-                        run_id,
-                        stage,
-                        attempt,
-                        seq,
-                        data,
-                    } = ev
-                    {
-                        batch.put(
-                            Tree::Logs,
-                            &chunk_key(run_id, stage, *attempt, *seq),
-                            data.clone(),
-                        );
-                    }
-                }
-                out.extend(applied.events.into_iter().map(|event| AppliedEvent {
-                    index: e.index,
-                    event,
-                }));
                 if let Some((term, tx)) = reply {
                     let r = if term == e.term {
-                        applied.result.map_err(ProposeError::from)
+                        result
                     } else {
                         Err(ProposeError::NotLeader {
                             leader_id: self.raw.raft.leader_id,
+                            leader_addr: st
+                                .members
+                                .get(&self.raw.raft.leader_id)
+                                .cloned()
+                                .unwrap_or_default(),
                         })
                     };
                     replies.push((tx, r));
@@ -304,6 +497,11 @@ impl<T: Transport> Node<T> {
         // Bulk data goes with the applied index; the Raft log, already durable, is the record,
         // so this write needs no fsync of its own (a snapshot syncs before compacting).
         self.engine.write(batch)?;
+        if members_changed {
+            self.promoting.clear();
+            let members = self.members();
+            self.transport.set_members(&peers_of(&members, self.raw.raft.id));
+        }
         for ev in out {
             let _ = self.events.send(Arc::new(ev));
         }
@@ -313,14 +511,26 @@ impl<T: Transport> Node<T> {
         Ok(())
     }
 
+    fn members(&self) -> BTreeMap<u64, String> {
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .members
+            .clone()
+    }
+
     fn install_snapshot(&mut self, snap: Snapshot) -> Result<(), NodeError> {
-        let st = State::from_snapshot(&snap.data).map_err(NodeError::Snapshot)?;
-        self.raw.store().save_snapshot(&snap, Batch::default())?;
+        let state_bytes = self.raw.store().install(&snap)?;
+        let st = State::from_snapshot(&state_bytes).map_err(NodeError::Snapshot)?;
         let meta = snap.get_metadata();
+        info!(index = meta.index, "installed snapshot from the leader");
         self.applied = meta.index;
         self.applied_term = meta.term;
         self.snapshot_index = meta.index;
+        let members = st.members.clone();
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = st;
+        self.transport
+            .set_members(&peers_of(&members, self.raw.raft.id));
         Ok(())
     }
 
@@ -345,9 +555,15 @@ impl<T: Transport> Node<T> {
     }
 
     fn fail_all(&mut self) {
-        let leader_id = self.raw.raft.leader_id;
+        let err = self.not_leader();
         for (_, (_, tx)) in std::mem::take(&mut self.pending) {
-            let _ = tx.send(Err(ProposeError::NotLeader { leader_id }));
+            let _ = tx.send(Err(err.clone()));
+        }
+        for (_, tx) in std::mem::take(&mut self.reads) {
+            let _ = tx.send(Err(err.clone()));
+        }
+        for (_, tx) in std::mem::take(&mut self.read_waits) {
+            let _ = tx.send(Err(err.clone()));
         }
     }
 
@@ -365,6 +581,7 @@ impl<T: Transport> Node<T> {
             commit: r.raft_log.committed,
             applied: self.applied,
             last_index: r.raft_log.last_index(),
+            voter: r.prs().conf().voters().contains(r.id),
         };
         self.status.send_if_modified(|cur| {
             if *cur != s {
@@ -377,6 +594,60 @@ impl<T: Transport> Node<T> {
     }
 }
 
+/// Applies a configuration entry to Raft and the member list; the entry's context carries the
+/// API address of an added node.
+fn apply_conf_change(
+    raw: &mut RawNode<RaftStore>,
+    st: &mut State,
+    e: &Entry,
+) -> Result<(), ProposeError> {
+    let cc: ConfChangeV2 = if e.get_entry_type() == EntryType::EntryConfChangeV2 {
+        ConfChangeV2::parse_from_bytes(&e.data)
+    } else {
+        raft::eraftpb::ConfChange::parse_from_bytes(&e.data).map(|v1| {
+            let mut single = ConfChangeSingle::default();
+            single.set_change_type(v1.get_change_type());
+            single.node_id = v1.node_id;
+            let mut v2 = ConfChangeV2::default();
+            v2.mut_changes().push(single);
+            v2.context = v1.context;
+            v2
+        })
+    }
+    .map_err(|err| ProposeError::Invalid(format!("undecodable configuration entry: {err}")))?;
+    let cs = match raw.apply_conf_change(&cc) {
+        Ok(cs) => cs,
+        Err(err) => {
+            warn!(error = %err, "configuration change not applied");
+            return Err(ProposeError::Invalid(format!("configuration change refused: {err}")));
+        }
+    };
+    if let Err(err) = raw.store().set_conf_state(&cs) {
+        error!(error = %err, "cannot persist configuration");
+    }
+    // `propose_conf_change` puts its context on the entry.
+    let ctx = if e.context.is_empty() { &cc.context } else { &e.context };
+    let address = String::from_utf8_lossy(ctx).into_owned();
+    for c in cc.get_changes() {
+        match c.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                if !address.is_empty() {
+                    st.members.insert(c.node_id, address.clone());
+                }
+            }
+            ConfChangeType::RemoveNode => {
+                st.members.remove(&c.node_id);
+            }
+        }
+    }
+    info!(voters = ?cs.voters, learners = ?cs.learners, "configuration changed");
+    Ok(())
+}
+
+/// Whether a raft message carries a snapshot (sent by the streaming path).
+pub(super) fn is_snapshot(m: &Message) -> bool {
+    m.get_msg_type() == MessageType::MsgSnapshot
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,6 +39,9 @@ pub struct State {
     pub agents: BTreeMap<String, Agent>,
     /// Every deployment ever recorded; `id` is position + 1.
     pub deployments: Vec<Deployment>,
+    /// Coordinator node id -> API address, changed only by Raft configuration entries.
+    #[serde(default)]
+    pub members: BTreeMap<u64, String>,
 }
 
 /// What apply tells the world besides its answer: the store writes `LogAppended` durably; the
@@ -184,6 +187,18 @@ impl State {
     /// The latest successful deployment of an environment, if any.
     pub fn current_deployment(&self, env: &str) -> Option<&Deployment> {
         deploy::current(&self.deployments, env)
+    }
+
+    /// A digest of the whole replicated state, equal on every node that applied the same log.
+    pub fn digest(&self) -> String {
+        // FNV-1a over the canonical JSON (BTreeMaps keep key order stable).
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in &bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{h:016x}-{:x}", bytes.len())
     }
 
     /// Encodes a snapshot (versioned JSON).

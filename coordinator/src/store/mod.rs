@@ -3,11 +3,13 @@
 //! memory for unit tests. No sled type leaves this folder.
 
 mod bulk;
+mod bundle;
 mod mem_engine;
 mod raft_log;
 mod sled_engine;
 
 pub use bulk::{LogRecord, chunk_key, read_chunks};
+pub use bundle::{bundle, unbundle};
 pub use mem_engine::MemEngine;
 pub use raft_log::{RaftStore, SavedSnapshot};
 pub use sled_engine::SledEngine;

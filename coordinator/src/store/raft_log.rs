@@ -194,6 +194,39 @@ impl RaftStore {
         self.engine.write(del)
     }
 
+    /// Replaces everything with a snapshot received from the leader: its log chunks and
+    /// state, and no log entries (they all precede or conflict with it). Returns the state
+    /// snapshot bytes.
+    pub fn install(&self, snap: &Snapshot) -> Result<Vec<u8>> {
+        let meta = snap.get_metadata();
+        let mut b = Batch::default();
+        let state = super::unbundle(&snap.data, &mut b)?;
+        let (first, last) = {
+            let c = self.cache();
+            (c.snap_index + 1, c.last_index)
+        };
+        for idx in first..=last {
+            b.delete(Tree::RaftLog, &idx.to_be_bytes());
+        }
+        let mut stored = snap.clone();
+        stored.data = state.clone().into();
+        b.put(Tree::Meta, SNAPSHOT, encode(&stored)?);
+        b.put(Tree::Meta, CONF_STATE, encode(meta.get_conf_state())?);
+        let mut hs = self.hard_state();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = hs.commit.max(meta.index);
+        b.put(Tree::Meta, HARD_STATE, encode(&hs)?);
+        self.engine.write(b)?;
+        self.engine.sync()?;
+        let mut c = self.cache_mut();
+        c.snap_index = meta.index;
+        c.snap_term = meta.term;
+        c.last_index = meta.index;
+        c.cs = meta.get_conf_state().clone();
+        c.hs = hs;
+        Ok(state)
+    }
+
     fn entry(&self, idx: u64) -> Result<Option<Entry>> {
         self.engine
             .get(Tree::RaftLog, &idx.to_be_bytes())?
@@ -285,7 +318,11 @@ impl raft::Storage for RaftStore {
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         match self.load_snapshot().map_err(store_err)? {
-            Some(s) if s.get_metadata().index >= request_index => Ok(s),
+            Some(mut s) if s.get_metadata().index >= request_index => {
+                let data = super::bundle(self.engine.as_ref(), &s.data).map_err(store_err)?;
+                s.data = data.into();
+                Ok(s)
+            }
             _ => Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             )),
@@ -351,6 +388,8 @@ mod tests {
         let reopened = RaftStore::open(engine, &[]).unwrap();
         assert_eq!(reopened.first_index().unwrap(), 3);
         assert_eq!(reopened.last_index(), 2);
-        assert_eq!(reopened.snapshot(2, 0).unwrap().data.as_ref(), b"state");
+        let sent = reopened.snapshot(2, 0).unwrap();
+        let mut b = Batch::default();
+        assert_eq!(crate::store::unbundle(&sent.data, &mut b).unwrap(), b"state");
     }
 }

@@ -1,0 +1,73 @@
+//! The peer service: Raft messages from other coordinators. Only coordinator certificates
+//! may call it; it has its own message-size limit, separate from the public API's.
+
+use cd_common::certs::Role;
+use cd_proto::raft_v1::raft_peer_server::RaftPeer;
+use cd_proto::raft_v1::{MessageBatch, SendAck, SnapshotChunk};
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::identity;
+use crate::raft::RaftHandle;
+
+#[derive(Clone)]
+pub struct PeerApi {
+    pub node: RaftHandle,
+    /// Largest snapshot accepted, in bytes.
+    pub max_snapshot: usize,
+}
+
+fn decode(bytes: &[u8]) -> Result<Message, Status> {
+    Message::parse_from_bytes(bytes)
+        .map_err(|e| Status::invalid_argument(format!("messages: not a raft message: {e}")))
+}
+
+impl PeerApi {
+    fn deliver(&self, msgs: Vec<Message>) -> Result<Response<SendAck>, Status> {
+        if self.node.step(msgs) {
+            Ok(Response::new(SendAck {}))
+        } else {
+            Err(Status::resource_exhausted("raft node queue is full; retry"))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerApi {
+    async fn send(&self, req: Request<MessageBatch>) -> Result<Response<SendAck>, Status> {
+        identity::require_role(&req, Role::Coordinator)?;
+        let batch = req.into_inner();
+        let msgs = batch
+            .messages
+            .iter()
+            .map(|b| decode(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.deliver(msgs)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<SendAck>, Status> {
+        identity::require_role(&req, Role::Coordinator)?;
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("snapshot stream is empty"))?;
+        let mut msg = decode(&first.message)?;
+        let mut data = first.data;
+        while let Some(chunk) = stream.message().await? {
+            if data.len() + chunk.data.len() > self.max_snapshot {
+                return Err(Status::resource_exhausted(format!(
+                    "snapshot exceeds the limit of {} bytes",
+                    self.max_snapshot
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        msg.mut_snapshot().data = data.into();
+        self.deliver(vec![msg])
+    }
+}
