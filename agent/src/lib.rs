@@ -71,6 +71,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
     config.validate().map_err(AgentError::Config)?;
+    // Unreadable certificate files will not fix themselves: refuse now rather than retrying
+    // the connection forever.
+    cd_common::tls::client_tls(&config.tls, "localhost")
+        .map_err(|e| AgentError::Config(e.to_string()))?;
     let _lock = lock_work_dir(&config.work_dir)?;
     // Absolute, so CD_WORKSPACE means the same thing inside the stage as here.
     let work_dir = std::path::absolute(&config.work_dir).map_err(|source| AgentError::WorkDir {

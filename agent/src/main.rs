@@ -80,11 +80,21 @@ fn hostname() -> String {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     cd_common::tls::install_crypto_provider();
     let args = Args::parse();
     cd_common::telemetry::init_tracing(args.log_json);
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One clear line, not a debug dump.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
 
+async fn run(args: Args) -> anyhow::Result<()> {
     let tls = TlsPaths {
         ca: args.ca,
         cert: args.cert,

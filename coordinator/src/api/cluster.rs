@@ -49,7 +49,11 @@ impl ClusterApi {
                 let pr = progress.iter().find(|p| p.id == id);
                 let voter = pr.map_or(if id == me.id { me.voter } else { true }, |p| p.voter);
                 let (role, term, commit, applied) = if id == me.id {
-                    let role = if !me.voter && me.role == Role::Follower { "learner" } else { me.role.as_str() };
+                    let role = if !me.voter && me.role == Role::Follower {
+                        "learner"
+                    } else {
+                        me.role.as_str()
+                    };
                     (role.to_string(), me.term, me.commit, me.applied)
                 } else if pr.is_some() {
                     let role = if voter { "follower" } else { "learner" };
@@ -65,7 +69,11 @@ impl ClusterApi {
                     commit,
                     applied,
                     lag: pr.map_or(0, |p| me.last_index.saturating_sub(p.matched)),
-                    last_contact_ms: if id == me.id { 0 } else { pr.map_or(0, |p| p.last_contact_ms) },
+                    last_contact_ms: if id == me.id {
+                        0
+                    } else {
+                        pr.map_or(0, |p| p.last_contact_ms)
+                    },
                     voter,
                 }
             })
@@ -89,7 +97,9 @@ impl ClusterApi {
     fn unavailable_at_leader(&self, what: &str) -> Status {
         let leader = self.node.status().borrow().leader_id;
         let addr = self.node.member_address(leader).unwrap_or_default();
-        let mut s = Status::unavailable(format!("{what}; leader is now node {leader} at {addr}; retry there"));
+        let mut s = Status::unavailable(format!(
+            "{what}; leader is now node {leader} at {addr}; retry there"
+        ));
         if let Ok(v) = addr.parse() {
             s.metadata_mut().insert(LEADER_METADATA, v);
         }
@@ -103,28 +113,43 @@ fn valid_address(addr: &str) -> Result<(), Status> {
         .ok_or_else(|| invalid("address", format!("{addr:?} must start with https://")))?;
     match rest.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
-        _ => Err(invalid("address", format!("{addr:?} must be https://HOST:PORT"))),
+        _ => Err(invalid(
+            "address",
+            format!("{addr:?} must be https://HOST:PORT"),
+        )),
     }
 }
 
 #[tonic::async_trait]
 impl ClusterService for ClusterApi {
-    async fn status(&self, _req: Request<pb::ClusterStatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+    async fn status(
+        &self,
+        _req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
         Ok(Response::new(ClusterApi::status(self).await))
     }
 
     #[instrument(skip_all, fields(id = req.get_ref().id))]
-    async fn add_node(&self, req: Request<pb::AddNodeRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+    async fn add_node(
+        &self,
+        req: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
         let r = req.into_inner();
         if r.id == 0 {
             return Err(invalid("id", "must be a positive integer"));
         }
         valid_address(&r.address)?;
         if let Some(a) = self.node.member_address(r.id) {
-            return Err(Status::already_exists(format!("node {} is already a member at {a}", r.id)));
+            return Err(Status::already_exists(format!(
+                "node {} is already a member at {a}",
+                r.id
+            )));
         }
         self.node
-            .change_membership(change(r.id, ConfChangeType::AddLearnerNode), r.address.clone().into_bytes())
+            .change_membership(
+                change(r.id, ConfChangeType::AddLearnerNode),
+                r.address.clone().into_bytes(),
+            )
             .await
             .map_err(from_propose)?;
         info!(address = %r.address, "node added as learner");
@@ -132,10 +157,15 @@ impl ClusterService for ClusterApi {
     }
 
     #[instrument(skip_all, fields(id = req.get_ref().id))]
-    async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
         let id = req.into_inner().id;
         let me = self.node.status().borrow().clone();
-        if self.node.member_address(id).is_none() && !self.node.progress().await.iter().any(|p| p.id == id) {
+        if self.node.member_address(id).is_none()
+            && !self.node.progress().await.iter().any(|p| p.id == id)
+        {
             return Err(Status::not_found(format!("node {id} is not a member")));
         }
         if id == me.id && me.role == Role::Leader {
@@ -149,9 +179,17 @@ impl ClusterService for ClusterApi {
                 .filter(|p| p.id != id && p.voter)
                 .max_by_key(|p| p.matched)
                 .ok_or_else(|| Status::failed_precondition("cannot remove the only voter"))?;
-            self.node.transfer_leader(best.id).await.map_err(from_propose)?;
-            if !self.wait_status(|s| s.leader_id != id && s.leader_id != 0).await {
-                return Err(Status::deadline_exceeded("leadership transfer did not complete; retry"));
+            self.node
+                .transfer_leader(best.id)
+                .await
+                .map_err(from_propose)?;
+            if !self
+                .wait_status(|s| s.leader_id != id && s.leader_id != 0)
+                .await
+            {
+                return Err(Status::deadline_exceeded(
+                    "leadership transfer did not complete; retry",
+                ));
             }
             return Err(self.unavailable_at_leader("leadership moved off the node being removed"));
         }
@@ -171,15 +209,26 @@ impl ClusterService for ClusterApi {
         let me = self.node.status().borrow().clone();
         if me.role != Role::Leader {
             let addr = self.node.member_address(me.leader_id).unwrap_or_default();
-            return Err(from_propose(ProposeError::NotLeader { leader_id: me.leader_id, leader_addr: addr }));
+            return Err(from_propose(ProposeError::NotLeader {
+                leader_id: me.leader_id,
+                leader_addr: addr,
+            }));
         }
         if id != me.id {
-            if !self.node.progress().await.iter().any(|p| p.id == id && p.voter) {
+            if !self
+                .node
+                .progress()
+                .await
+                .iter()
+                .any(|p| p.id == id && p.voter)
+            {
                 return Err(Status::not_found(format!("node {id} is not a voter")));
             }
             self.node.transfer_leader(id).await.map_err(from_propose)?;
             if !self.wait_status(|s| s.leader_id == id).await {
-                return Err(Status::deadline_exceeded(format!("node {id} did not take over in time; retry")));
+                return Err(Status::deadline_exceeded(format!(
+                    "node {id} did not take over in time; retry"
+                )));
             }
         }
         Ok(Response::new(ClusterApi::status(self).await))
@@ -194,12 +243,20 @@ impl ClusterService for ClusterApi {
         Ok(Response::new(pb::StateDigestResponse { applied, digest }))
     }
 
-    async fn set_faults(&self, req: Request<pb::SetFaultsRequest>) -> Result<Response<pb::SetFaultsResponse>, Status> {
+    async fn set_faults(
+        &self,
+        req: Request<pb::SetFaultsRequest>,
+    ) -> Result<Response<pb::SetFaultsResponse>, Status> {
         let faults = self.faults.as_ref().ok_or_else(|| {
-            Status::failed_precondition("fault injection is disabled; start the node with --enable-fault-injection")
+            Status::failed_precondition(
+                "fault injection is disabled; start the node with --enable-fault-injection",
+            )
         })?;
         let drop_to = req.into_inner().drop_to;
-        info!(?drop_to, "fault injection: dropping raft messages to these nodes");
+        info!(
+            ?drop_to,
+            "fault injection: dropping raft messages to these nodes"
+        );
         faults.set_drop_to(drop_to);
         Ok(Response::new(pb::SetFaultsResponse {}))
     }

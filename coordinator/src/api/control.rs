@@ -39,7 +39,11 @@ impl ControlApi {
     /// Linearizable reads by default (ReadIndex on the leader; followers point at it). A
     /// request with `cd-stale: true` metadata reads this node's applied state as it is.
     async fn barrier<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        if req.metadata().get(STALE_METADATA).is_some_and(|v| v == "true") {
+        if req
+            .metadata()
+            .get(STALE_METADATA)
+            .is_some_and(|v| v == "true")
+        {
             return Ok(());
         }
         self.node.linearizable().await.map_err(from_propose)

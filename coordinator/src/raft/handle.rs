@@ -84,14 +84,28 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T, ProposeError>>;
 
 /// Everything the Raft task can be asked to do.
 pub(super) enum Request {
-    Propose { cmd: Command, reply: Reply<Outcome> },
+    Propose {
+        cmd: Command,
+        reply: Reply<Outcome>,
+    },
     Step(Vec<Message>),
-    ReadIndex { reply: Reply<()> },
-    ConfChange { cc: ConfChangeV2, context: Vec<u8>, reply: Reply<Outcome> },
+    ReadIndex {
+        reply: Reply<()>,
+    },
+    ConfChange {
+        cc: ConfChangeV2,
+        context: Vec<u8>,
+        reply: Reply<Outcome>,
+    },
     TransferLeader(u64),
     Unreachable(u64),
-    SnapshotDone { to: u64, ok: bool },
-    Progress { reply: oneshot::Sender<Vec<PeerProgress>> },
+    SnapshotDone {
+        to: u64,
+        ok: bool,
+    },
+    Progress {
+        reply: oneshot::Sender<Vec<PeerProgress>>,
+    },
 }
 
 #[derive(Clone)]

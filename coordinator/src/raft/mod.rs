@@ -47,7 +47,10 @@ pub struct NoPeers;
 impl Transport for NoPeers {
     fn send(&mut self, msgs: Vec<raft::eraftpb::Message>) {
         if !msgs.is_empty() {
-            tracing::warn!(count = msgs.len(), "dropping raft messages: no peers configured");
+            tracing::warn!(
+                count = msgs.len(),
+                "dropping raft messages: no peers configured"
+            );
         }
     }
 }

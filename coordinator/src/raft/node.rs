@@ -500,7 +500,8 @@ impl<T: Transport> Node<T> {
         if members_changed {
             self.promoting.clear();
             let members = self.members();
-            self.transport.set_members(&peers_of(&members, self.raw.raft.id));
+            self.transport
+                .set_members(&peers_of(&members, self.raw.raft.id));
         }
         for ev in out {
             let _ = self.events.send(Arc::new(ev));
@@ -619,14 +620,20 @@ fn apply_conf_change(
         Ok(cs) => cs,
         Err(err) => {
             warn!(error = %err, "configuration change not applied");
-            return Err(ProposeError::Invalid(format!("configuration change refused: {err}")));
+            return Err(ProposeError::Invalid(format!(
+                "configuration change refused: {err}"
+            )));
         }
     };
     if let Err(err) = raw.store().set_conf_state(&cs) {
         error!(error = %err, "cannot persist configuration");
     }
     // `propose_conf_change` puts its context on the entry.
-    let ctx = if e.context.is_empty() { &cc.context } else { &e.context };
+    let ctx = if e.context.is_empty() {
+        &cc.context
+    } else {
+        &e.context
+    };
     let address = String::from_utf8_lossy(ctx).into_owned();
     for c in cc.get_changes() {
         match c.get_change_type() {

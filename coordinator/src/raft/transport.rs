@@ -166,7 +166,10 @@ async fn run_peer(
         }
         let (snaps, msgs): (Vec<_>, Vec<_>) = batch.into_iter().partition(super::node::is_snapshot);
         if !msgs.is_empty() {
-            let messages: Vec<Vec<u8>> = msgs.iter().filter_map(|m| m.write_to_bytes().ok()).collect();
+            let messages: Vec<Vec<u8>> = msgs
+                .iter()
+                .filter_map(|m| m.write_to_bytes().ok())
+                .collect();
             if let Err(e) = client.send(MessageBatch { from: me, messages }).await {
                 debug!(error = %e, "peer unreachable");
                 feedback.unreachable(to);

@@ -390,6 +390,9 @@ mod tests {
         assert_eq!(reopened.last_index(), 2);
         let sent = reopened.snapshot(2, 0).unwrap();
         let mut b = Batch::default();
-        assert_eq!(crate::store::unbundle(&sent.data, &mut b).unwrap(), b"state");
+        assert_eq!(
+            crate::store::unbundle(&sent.data, &mut b).unwrap(),
+            b"state"
+        );
     }
 }
