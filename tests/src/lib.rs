@@ -156,7 +156,7 @@ impl Coordinator {
     }
 }
 
-fn spawn_coordinator(
+pub(crate) fn spawn_coordinator(
     data_dir: &Path,
     tls: &TlsPaths,
     listen: &str,
@@ -298,9 +298,23 @@ pub async fn wait_run(
     timeout: Duration,
     pred: impl Fn(&pb::Run) -> bool,
 ) -> Result<pb::Run> {
+    wait_run_any(&[endpoint.to_string()], tls, run_id, timeout, pred).await
+}
+
+/// As `wait_run`, trying each endpoint in turn (a cluster: only the leader answers).
+pub async fn wait_run_any(
+    endpoints: &[String],
+    tls: &TlsPaths,
+    run_id: &str,
+    timeout: Duration,
+    pred: impl Fn(&pb::Run) -> bool,
+) -> Result<pb::Run> {
     let deadline = Instant::now() + timeout;
     let mut last: Option<pb::Run> = None;
+    let mut turn = 0usize;
     loop {
+        let endpoint = &endpoints[turn % endpoints.len()];
+        turn += 1;
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             bail!(
@@ -586,3 +600,5 @@ impl Single {
         self.tmp.path().join(p)
     }
 }
+
+pub mod cluster;
