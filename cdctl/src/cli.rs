@@ -7,16 +7,23 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::client::{EndpointList, parse_endpoint_list};
+use crate::client::{EndpointList, parse_endpoint, parse_endpoint_list};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "cdctl",
     version,
-    about = "Operate a Conveyor cluster: pipelines, runs, logs, approvals, agents and environments.",
+    about = "Operate a Conveyor cluster: pipelines, runs, logs, approvals, agents, environments \
+             and the coordinator cluster itself.",
     long_about = "Operate a Conveyor cluster over mutual-TLS gRPC: apply pipelines, start and \
                   watch runs, read logs, approve promotions, inspect agents and environments, \
-                  roll back. `cdctl certs` makes the cluster CA and certificates locally.\n\n\
+                  roll back, and manage the coordinators' Raft cluster (`cdctl cluster`). \
+                  `cdctl certs` makes the cluster CA and certificates locally.\n\n\
+                  Any coordinator in --endpoint will do: writes go to the leader (a follower \
+                  names it and cdctl calls again there), and so do reads, which are \
+                  linearizable by default (served by the leader, so they see every write \
+                  acknowledged before them). --stale lets the node asked answer reads from its \
+                  own applied state instead, which may lag the leader.\n\n\
                   Exit codes: 0 success, 1 failure (or a watched run that did not succeed), \
                   2 usage or validation error."
 )]
@@ -66,6 +73,11 @@ pub struct GlobalArgs {
     /// Time limit for each unary call and for connecting (e.g. 500ms, 10s, 1m).
     #[arg(long, global = true, default_value = "10s", value_parser = parse_timeout)]
     pub timeout: Duration,
+    /// Let the node asked answer reads (list, show, history, watch, logs) from its own applied
+    /// state, which may lag the leader. Without it reads are linearizable: served by the
+    /// leader (a follower redirects to it). Writes and `cluster` commands are unaffected.
+    #[arg(long, global = true, env = "CD_STALE")]
+    pub stale: bool,
 }
 
 /// How results are printed.
@@ -102,6 +114,56 @@ pub enum Command {
     Env(EnvCommand),
     /// Roll an environment back to its previous successful deployment; prints the run id.
     Rollback(RollbackArgs),
+    /// Inspect and change the coordinators' Raft cluster: status, membership, leadership,
+    /// state digests.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Ask every coordinator for its status and show one row per node.
+    ///
+    /// Calls every --endpoint and every member address any node reports. Each node's own
+    /// answer gives its ROLE, TERM, COMMIT and APPLIED; the leader's answer gives LAG (log
+    /// entries behind the leader) and LAST CONTACT. A node that does not answer shows as
+    /// `unreachable` with the error; that is noted on stderr and the exit code stays 0 (1 only
+    /// when no node answers).
+    Status,
+    /// Add a node as a learner (a voter once it has caught up); prints the cluster status.
+    ///
+    /// The node joins as a learner; the leader makes it a voter once it has caught up. Run
+    /// this before starting the new coordinator with --join.
+    Add {
+        /// The new node's id (a positive integer not used in the cluster).
+        #[arg(value_parser = clap::value_parser!(u64).range(1..))]
+        id: u64,
+        /// The new node's API address, as the other nodes and clients reach it
+        /// (https://HOST:PORT).
+        #[arg(value_parser = parse_endpoint)]
+        url: String,
+    },
+    /// Remove a node from the cluster; prints the cluster status.
+    ///
+    /// Removing the leader hands leadership to the most up-to-date voter first; cdctl then
+    /// finishes the removal at the new leader.
+    Remove {
+        /// Id of the node to remove.
+        #[arg(value_parser = clap::value_parser!(u64).range(1..))]
+        id: u64,
+    },
+    /// Make another voter the leader; prints the cluster status.
+    TransferLeader {
+        /// Id of the voter to lead.
+        #[arg(value_parser = clap::value_parser!(u64).range(1..))]
+        id: u64,
+    },
+    /// Compare every node's digest of the replicated state.
+    ///
+    /// Asks every node (found as `cluster status` finds them) for the digest of its state at
+    /// its applied index, and says whether nodes at the same applied index agree. Exit code 1
+    /// if two nodes at the same index disagree.
+    Digest,
 }
 
 #[derive(Debug, Subcommand)]

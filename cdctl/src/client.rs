@@ -1,26 +1,39 @@
-//! The connection to the cluster: endpoint lists, mutual TLS, timeouts and the leader retry.
+//! The connection to the cluster: endpoint lists, mutual TLS, timeouts and finding the leader.
 //!
 //! `--endpoint` may name several coordinators; [`Conn::connect`] tries them in order and keeps
-//! the first that connects. A follower answers writes with `UNAVAILABLE` and a `cd-leader`
-//! metadata entry holding the leader's URL; [`Conn::call`] then connects there and retries the
-//! call once, and keeps using the leader for later calls.
+//! the first that connects. A follower answers writes (and linearizable reads) with
+//! `UNAVAILABLE` and a `cd-leader` metadata entry holding the leader's URL; [`Conn::call`] then
+//! connects there and calls again, and keeps using the leader for later calls. `UNAVAILABLE`
+//! without a leader (an election) is retried with growing pauses for a while. The same logic
+//! serves every service ([`ServiceClient`]): the operator API and cluster administration.
 
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use cd_common::tls::{TlsError, TlsPaths, client_tls};
+use cd_proto::v1::cluster_service_client::ClusterServiceClient;
 use cd_proto::v1::control_service_client::ControlServiceClient;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Status};
 
 use crate::error::{StatusError, UsageError, one_line};
 
-/// The generated gRPC client over a connected channel.
-pub type Client = ControlServiceClient<Channel>;
+/// The generated operator-API client over a connected channel.
+pub type Client = ControlServiceClient<InterceptedService<Channel, CallMeta>>;
+/// The generated cluster-administration client over a connected channel.
+pub type ClusterClient = ClusterServiceClient<InterceptedService<Channel, CallMeta>>;
 
 /// Metadata key a follower sets to the leader's URL on `UNAVAILABLE`.
 pub const LEADER_METADATA: &str = "cd-leader";
+/// Request metadata asking a node for its applied state without the leader check.
+pub const STALE_METADATA: &str = "cd-stale";
+/// How long a call keeps retrying while no node names a leader.
+pub const LEADER_WAIT: Duration = Duration::from_secs(10);
 
 /// Coordinator URLs in the order to try them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,36 +137,71 @@ pub struct ConnectConfig {
     pub tls: Result<TlsPaths, String>,
     /// Limit for connecting and for each unary call.
     pub timeout: Duration,
+    /// Send `cd-stale: true` with read calls ([`Conn::read`]).
+    pub stale: bool,
+    /// How long to keep retrying while nodes answer `UNAVAILABLE` without naming a leader.
+    pub leader_wait: Duration,
 }
 
 /// Why one endpoint could not be used.
-enum ConnectFailure {
+pub enum ConnectFailure {
     /// The TLS configuration itself is unusable: the same for every endpoint, so stop.
     Config(anyhow::Error),
     /// This endpoint did not answer or refused the handshake.
     Transport(String),
 }
 
-/// A connected client plus what is needed to reconnect to a leader.
-pub struct Conn {
-    cfg: ConnectConfig,
-    endpoint: String,
-    client: Client,
+/// Metadata added to every request a client sends (see [`Conn::read`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallMeta {
+    /// Ask for the answering node's applied state, without the leader check.
+    stale: bool,
 }
 
-impl Conn {
+impl Interceptor for CallMeta {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if self.stale {
+            request
+                .metadata_mut()
+                .insert(STALE_METADATA, MetadataValue::from_static("true"));
+        }
+        Ok(request)
+    }
+}
+
+/// A generated gRPC client that [`Conn`] can build over a channel.
+pub trait ServiceClient {
+    fn build(channel: Channel, meta: CallMeta) -> Self;
+}
+
+impl ServiceClient for Client {
+    fn build(channel: Channel, meta: CallMeta) -> Self {
+        ControlServiceClient::with_interceptor(channel, meta)
+    }
+}
+
+impl ServiceClient for ClusterClient {
+    fn build(channel: Channel, meta: CallMeta) -> Self {
+        ClusterServiceClient::with_interceptor(channel, meta)
+    }
+}
+
+/// A connection to one coordinator, plus what is needed to move to the leader (or to another
+/// endpoint) and call again. `C` is the service the calls go to.
+pub struct Conn<C = Client> {
+    cfg: ConnectConfig,
+    endpoint: String,
+    channel: Channel,
+    client: PhantomData<fn() -> C>,
+}
+
+impl<C: ServiceClient> Conn<C> {
     /// Connects to the first endpoint that answers, in list order.
-    pub async fn connect(cfg: ConnectConfig) -> anyhow::Result<Conn> {
+    pub async fn connect(cfg: ConnectConfig) -> anyhow::Result<Conn<C>> {
         let mut failures = Vec::new();
         for endpoint in &cfg.endpoints {
             match connect_one(&cfg, endpoint).await {
-                Ok(channel) => {
-                    return Ok(Conn {
-                        endpoint: endpoint.clone(),
-                        client: ControlServiceClient::new(channel),
-                        cfg,
-                    });
-                }
+                Ok(channel) => return Ok(Conn::over(cfg.clone(), endpoint.clone(), channel)),
                 Err(ConnectFailure::Config(err)) => return Err(err),
                 Err(ConnectFailure::Transport(why)) => failures.push((endpoint.clone(), why)),
             }
@@ -171,49 +219,165 @@ impl Conn {
         }
     }
 
+    /// Connects to this one endpoint (for asking every node in turn).
+    pub async fn connect_to(
+        cfg: &ConnectConfig,
+        endpoint: &str,
+    ) -> Result<Conn<C>, ConnectFailure> {
+        let channel = connect_one(cfg, endpoint).await?;
+        Ok(Conn::over(cfg.clone(), endpoint.to_string(), channel))
+    }
+
+    fn over(cfg: ConnectConfig, endpoint: String, channel: Channel) -> Conn<C> {
+        Conn {
+            cfg,
+            endpoint,
+            channel,
+            client: PhantomData,
+        }
+    }
+
     /// The endpoint in use (the leader after a redirect).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
 
-    /// Makes one call, bounded by the timeout (for a stream: until it opens). On `UNAVAILABLE`
-    /// with a `cd-leader` URL, connects there and retries once. Errors read
-    /// `<what>: <code in words>: <message>`.
+    /// A write (or any call that must reach the leader): see [`Conn::call_with`].
     pub async fn call<T>(
         &mut self,
         what: &str,
-        mut f: impl AsyncFnMut(Client) -> Result<tonic::Response<T>, Status>,
+        f: impl AsyncFnMut(C) -> Result<tonic::Response<T>, Status>,
     ) -> anyhow::Result<T> {
-        let status = match self.timed(&mut f).await {
-            Ok(value) => return Ok(value),
-            Err(status) => status,
+        self.call_with(what, CallMeta::default(), f).await
+    }
+
+    /// A read: like [`Conn::call`], but with `--stale` it carries `cd-stale: true`, so the
+    /// node asked answers from its applied state instead of sending the call to the leader.
+    pub async fn read<T>(
+        &mut self,
+        what: &str,
+        f: impl AsyncFnMut(C) -> Result<tonic::Response<T>, Status>,
+    ) -> anyhow::Result<T> {
+        let meta = CallMeta {
+            stale: self.cfg.stale,
         };
-        if let Some(leader) = leader_hint(&status).filter(|leader| *leader != self.endpoint) {
-            let channel = match connect_one(&self.cfg, &leader).await {
-                Ok(channel) => channel,
-                Err(ConnectFailure::Config(err)) => return Err(err.context(what.to_string())),
-                Err(ConnectFailure::Transport(why)) => {
-                    return Err(anyhow!(
-                        "{what}: {} redirected to the leader {leader}, which cannot be reached: {why}",
-                        self.endpoint
-                    ));
-                }
+        self.call_with(what, meta, f).await
+    }
+
+    /// One call to this node only, bounded by the timeout: no redirect, no retry.
+    pub async fn call_once<T>(
+        &mut self,
+        mut f: impl AsyncFnMut(C) -> Result<tonic::Response<T>, Status>,
+    ) -> Result<T, Status> {
+        self.timed(CallMeta::default(), &mut f).await
+    }
+
+    /// Makes a call, each attempt bounded by the timeout (for a stream: until it opens), and
+    /// finds the leader when the node asked is not it:
+    ///
+    /// - `UNAVAILABLE` with a `cd-leader` URL: connect there and call again (at most
+    ///   [`MAX_REDIRECTS`] times, so removing the leader, which hands leadership over and then
+    ///   names the new leader, still ends at the right node);
+    /// - `UNAVAILABLE` naming no leader (an election is going on, or the node lost its
+    ///   connection): wait with growing pauses, moving on to the next `--endpoint` when there
+    ///   are several, and give up after `leader_wait`.
+    ///
+    /// Errors read `<what>: <code in words>: <message>`.
+    pub async fn call_with<T>(
+        &mut self,
+        what: &str,
+        meta: CallMeta,
+        mut f: impl AsyncFnMut(C) -> Result<tonic::Response<T>, Status>,
+    ) -> anyhow::Result<T> {
+        let mut redirects = 0;
+        let mut waiting_since: Option<Instant> = None;
+        let mut pauses = 0;
+        loop {
+            let status = match self.timed(meta, &mut f).await {
+                Ok(value) => return Ok(value),
+                Err(status) => status,
             };
-            self.client = ControlServiceClient::new(channel);
-            self.endpoint = leader;
-            return self
-                .timed(&mut f)
-                .await
-                .map_err(|status| status_error(status, what));
+            if status.code() != Code::Unavailable {
+                return Err(status_error(status, what));
+            }
+            if let Some(leader) = leader_hint(&status).filter(|leader| *leader != self.endpoint) {
+                if redirects == MAX_REDIRECTS {
+                    return Err(status_error(status, what).context(format!(
+                        "still not at the leader after {MAX_REDIRECTS} redirects (last at {})",
+                        self.endpoint
+                    )));
+                }
+                redirects += 1;
+                self.move_to_leader(&leader, what).await?;
+                continue;
+            }
+            let since = *waiting_since.get_or_insert_with(Instant::now);
+            let pause = backoff(pauses);
+            pauses += 1;
+            if since.elapsed() + pause > self.cfg.leader_wait {
+                return Err(status_error(status, what).context(format!(
+                    "no leader within {}: the cluster keeps answering `unavailable` without \
+                     naming one (an election in progress, or too few nodes up for a majority?); \
+                     last answer from {}",
+                    crate::render::duration_text(self.cfg.leader_wait.as_millis() as u64),
+                    self.endpoint
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            self.next_endpoint().await?;
         }
-        Err(status_error(status, what))
+    }
+
+    /// Connects to the leader a follower named.
+    async fn move_to_leader(&mut self, leader: &str, what: &str) -> anyhow::Result<()> {
+        match connect_one(&self.cfg, leader).await {
+            Ok(channel) => {
+                self.channel = channel;
+                self.endpoint = leader.to_string();
+                Ok(())
+            }
+            Err(ConnectFailure::Config(err)) => Err(err.context(what.to_string())),
+            Err(ConnectFailure::Transport(why)) => Err(anyhow!(
+                "{what}: {} redirected to the leader {leader}, which cannot be reached: {why}",
+                self.endpoint
+            )),
+        }
+    }
+
+    /// Moves to the next `--endpoint` after the current one that connects (wrapping around).
+    /// With a single endpoint, or when none connects, the current channel stays: it
+    /// reconnects by itself on the next call.
+    async fn next_endpoint(&mut self) -> anyhow::Result<()> {
+        let list = self.cfg.endpoints.clone();
+        if list.len() < 2 {
+            return Ok(());
+        }
+        let start = list
+            .iter()
+            .position(|e| *e == self.endpoint)
+            .map_or(0, |i| i + 1);
+        for k in 0..list.len() {
+            let endpoint = &list[(start + k) % list.len()];
+            match connect_one(&self.cfg, endpoint).await {
+                Ok(channel) => {
+                    self.channel = channel;
+                    self.endpoint.clone_from(endpoint);
+                    return Ok(());
+                }
+                Err(ConnectFailure::Config(err)) => return Err(err),
+                Err(ConnectFailure::Transport(_)) => {}
+            }
+        }
+        Ok(())
     }
 
     async fn timed<T>(
         &mut self,
-        f: &mut impl AsyncFnMut(Client) -> Result<tonic::Response<T>, Status>,
+        meta: CallMeta,
+        f: &mut impl AsyncFnMut(C) -> Result<tonic::Response<T>, Status>,
     ) -> Result<T, Status> {
-        match tokio::time::timeout(self.cfg.timeout, f(self.client.clone())).await {
+        let client = C::build(self.channel.clone(), meta);
+        match tokio::time::timeout(self.cfg.timeout, f(client)).await {
             Ok(result) => result.map(tonic::Response::into_inner),
             Err(_) => Err(Status::deadline_exceeded(format!(
                 "no answer from {} within {} (see --timeout)",
@@ -224,6 +388,14 @@ impl Conn {
     }
 }
 
+/// How many times one call follows a `cd-leader` hint.
+pub const MAX_REDIRECTS: usize = 3;
+
+/// The pause before retrying the `n`th time (from 0) while no leader is known: 100ms,
+/// doubling, at most 1s.
+pub fn backoff(n: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << n.min(4)).min(1000))
+}
 /// Wraps a status as `<what>: <code>: <message>`.
 pub fn status_error(status: Status, what: &str) -> anyhow::Error {
     anyhow::Error::new(StatusError::from(status)).context(what.to_string())

@@ -4,6 +4,7 @@
 
 mod cli;
 mod client;
+mod cluster_view;
 mod commands;
 mod error;
 mod render;

@@ -1,18 +1,23 @@
 //! Runs the `cdctl` binary against an in-process fake `ControlService` over mutual TLS, to
 //! check what scripts rely on: stdout of `run start`, error lines and exit codes, the
-//! endpoint list, the leader redirect, `run watch` exit codes, log ordering and paging.
+//! endpoint list, the leader redirect, `run watch` exit codes, log ordering and paging,
+//! `--stale` reads; and against fake `ClusterService` nodes sharing one fake cluster state:
+//! `cluster status` merging, membership changes following `cd-leader`, and the retry while no
+//! leader is known.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use cd_common::certs::{DEFAULT_TRUST_DOMAIN, Role, init_ca, issue};
 use cd_common::tls::{TlsPaths, install_crypto_provider, server_tls};
+use cd_proto::v1::cluster_service_server::{ClusterService, ClusterServiceServer};
 use cd_proto::v1::control_service_server::{ControlService, ControlServiceServer};
 use cd_proto::v1::*;
 use futures::Stream;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
@@ -72,20 +77,47 @@ fn chunk(attempt: u32, seq: u64, data: &str) -> LogChunk {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// Whether a request carries `cd-stale: true`.
+fn is_stale(metadata: &MetadataMap) -> bool {
+    metadata.get("cd-stale").is_some_and(|v| v == "true")
+}
+
+/// `UNAVAILABLE` naming `leader` in `cd-leader`, as a follower answers.
+fn not_the_leader(leader: &str) -> Status {
+    let mut status = Status::unavailable("not the leader");
+    status
+        .metadata_mut()
+        .insert("cd-leader", MetadataValue::try_from(leader).unwrap());
+    status
+}
+
 impl Fake {
-    fn check(&self, call: String) -> Result<(), Status> {
-        self.calls.lock().unwrap().push(call);
+    /// Records a write (with ` stale` if it carried `cd-stale`); a follower redirects it.
+    fn check(&self, call: String, metadata: &MetadataMap) -> Result<(), Status> {
+        self.record(call, metadata);
         match &self.leader {
-            Some(leader) => {
-                let mut status = Status::unavailable("not the leader");
-                status.metadata_mut().insert(
-                    "cd-leader",
-                    MetadataValue::try_from(leader.as_str()).unwrap(),
-                );
-                Err(status)
-            }
+            Some(leader) => Err(not_the_leader(leader)),
             None => Ok(()),
         }
+    }
+
+    /// Records a read; a follower serves it when it carries `cd-stale: true` (like the real
+    /// coordinator) and redirects it otherwise.
+    fn check_read(&self, call: String, metadata: &MetadataMap) -> Result<(), Status> {
+        if is_stale(metadata) {
+            self.record(call, metadata);
+            return Ok(());
+        }
+        self.check(call, metadata)
+    }
+
+    fn record(&self, call: String, metadata: &MetadataMap) {
+        let call = if is_stale(metadata) {
+            format!("{call} stale")
+        } else {
+            call
+        };
+        self.calls.lock().unwrap().push(call);
     }
 }
 
@@ -95,8 +127,9 @@ impl ControlService for Fake {
         &self,
         request: Request<ApplyPipelineRequest>,
     ) -> Result<Response<ApplyPipelineResponse>, Status> {
+        let meta = request.metadata().clone();
         let req = request.into_inner();
-        self.check(format!("apply {} {}", req.file_name, req.base_dir))?;
+        self.check(format!("apply {} {}", req.file_name, req.base_dir), &meta)?;
         Ok(Response::new(ApplyPipelineResponse {
             pipeline: Some(Pipeline {
                 name: "web".into(),
@@ -120,8 +153,9 @@ impl ControlService for Fake {
         Err(Status::unimplemented("fake"))
     }
     async fn start_run(&self, request: Request<StartRunRequest>) -> Result<Response<Run>, Status> {
+        let meta = request.metadata().clone();
         let req = request.into_inner();
-        self.check(format!("start {}", req.pipeline))?;
+        self.check(format!("start {}", req.pipeline), &meta)?;
         match req.pipeline.as_str() {
             "web" => Ok(Response::new(run("r-42", RunState::Running))),
             "bad" => Err(Status::invalid_argument("params.X: too long")),
@@ -131,16 +165,18 @@ impl ControlService for Fake {
         }
     }
     async fn get_run(&self, request: Request<GetRunRequest>) -> Result<Response<Run>, Status> {
+        let meta = request.metadata().clone();
         let req = request.into_inner();
-        self.check(format!("get {}", req.run_id))?;
+        self.check_read(format!("get {}", req.run_id), &meta)?;
         Ok(Response::new(run(&req.run_id, RunState::Running)))
     }
     async fn list_runs(
         &self,
         request: Request<ListRunsRequest>,
     ) -> Result<Response<ListRunsResponse>, Status> {
+        let meta = request.metadata().clone();
         let req = request.into_inner();
-        self.check(format!("list {}", req.page_token))?;
+        self.check_read(format!("list {}", req.page_token), &meta)?;
         let (runs, next) = match req.page_token.as_str() {
             "" => (
                 vec![run("r1", RunState::Running), run("r2", RunState::Failed)],
@@ -162,8 +198,9 @@ impl ControlService for Fake {
         &self,
         request: Request<WatchRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
+        let meta = request.metadata().clone();
         let id = request.into_inner().run_id;
-        self.check(format!("watch {id}"))?;
+        self.check_read(format!("watch {id}"), &meta)?;
         let items = match id.as_str() {
             "r-ok" => vec![
                 Ok(run(&id, RunState::Running)),
@@ -185,8 +222,9 @@ impl ControlService for Fake {
         &self,
         request: Request<FollowLogsRequest>,
     ) -> Result<Response<Self::FollowLogsStream>, Status> {
+        let meta = request.metadata().clone();
         let req = request.into_inner();
-        self.check(format!("logs {} {}", req.stage, req.attempt))?;
+        self.check_read(format!("logs {} {}", req.stage, req.attempt), &meta)?;
         let items = vec![
             Ok(chunk(1, 1, "b1\n")),
             Ok(chunk(1, 0, "a1\n")),
@@ -239,22 +277,40 @@ fn certs() -> Cluster {
     Cluster { _dir: dir, certs }
 }
 
-/// Serves `fake` on a random port; returns its URL.
-async fn serve(certs: &Path, fake: Fake) -> String {
+/// A listener on a random port, and its URL.
+async fn listen() -> (tokio::net::TcpListener, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!(
         "https://127.0.0.1:{}",
         listener.local_addr().unwrap().port()
     );
+    (listener, url)
+}
+
+/// Serves `fake` (and the cluster service of `node`, if any) on `listener`.
+fn spawn(certs: &Path, listener: tokio::net::TcpListener, fake: Fake, node: Option<FakeNode>) {
     let tls = server_tls(&TlsPaths::in_dir(certs, "n1")).unwrap();
     tokio::spawn(
         Server::builder()
             .tls_config(tls)
             .unwrap()
             .add_service(ControlServiceServer::new(fake))
+            .add_optional_service(node.map(ClusterServiceServer::new))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
+}
+
+/// Serves `fake` on a random port; returns its URL.
+async fn serve(certs: &Path, fake: Fake) -> String {
+    let (listener, url) = listen().await;
+    spawn(certs, listener, fake, None);
     url
+}
+
+/// A URL where nothing listens.
+fn dead_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("https://127.0.0.1:{}", l.local_addr().unwrap().port())
 }
 
 fn fake() -> (Fake, Calls) {
@@ -275,13 +331,19 @@ struct Out {
 }
 
 async fn cdctl(certs: &Path, endpoint: &str, args: &[&str]) -> Out {
+    cdctl_env(certs, endpoint, args, &[]).await
+}
+
+async fn cdctl_env(certs: &Path, endpoint: &str, args: &[&str], env: &[(&str, &str)]) -> Out {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cdctl"))
         .args(args)
         .env_remove("CD_CA")
         .env_remove("CD_CERT")
         .env_remove("CD_KEY")
+        .env_remove("CD_STALE")
         .env("CD_ENDPOINT", endpoint)
         .env("CD_CERT_DIR", certs)
+        .envs(env.iter().copied())
         .output()
         .await
         .unwrap();
@@ -334,10 +396,7 @@ async fn endpoint_list_skips_a_dead_endpoint_and_follows_the_leader() {
         },
     )
     .await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("https://127.0.0.1:{}", l.local_addr().unwrap().port())
-    };
+    let dead = dead_url();
 
     let endpoints = format!("{dead},{follower}");
     let out = cdctl(&c.certs, &endpoints, &["run", "start", "web"]).await;

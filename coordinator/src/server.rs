@@ -94,6 +94,7 @@ impl Coordinator {
         let mut node_cfg = NodeConfig::single(cfg.node_id);
         node_cfg.snapshot_every = cfg.snapshot_every;
         node_cfg.tick = cfg.tick;
+        let advertise_for_rejoin = advertise.clone();
         if cfg.initial_cluster.is_empty() {
             node_cfg.members = BTreeMap::from([(cfg.node_id, advertise)]);
         } else {
@@ -112,6 +113,16 @@ impl Coordinator {
         );
         let node_stop = CancellationToken::new();
         let (node, node_task) = start_node(node_cfg, engine, transport, node_stop.clone())?;
+        tokio::spawn(
+            rejoin(
+                node.clone(),
+                cfg.node_id,
+                advertise_for_rejoin,
+                cfg.tls.clone(),
+                shutdown.clone(),
+            )
+            .instrument(info_span!("rejoin")),
+        );
         let sessions = Sessions::default();
         let sched = tokio::spawn(
             scheduler::run(
@@ -162,4 +173,71 @@ impl Coordinator {
             .await
             .map_err(|e| CoordinatorError::Join(e.to_string()))?
     }
+}
+
+/// When the node finds it lost data the leader thinks it has (a wiped data dir), asks the
+/// leader to re-add it, so it is replicated to from scratch (by snapshot).
+async fn rejoin(
+    node: RaftHandle,
+    me: u64,
+    advertise: String,
+    tls: TlsPaths,
+    shutdown: CancellationToken,
+) {
+    let mut status = node.status();
+    loop {
+        let leader = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            s = status.wait_for(|s| s.lost_data && s.leader_id != 0 && s.leader_id != me) => match s {
+                Ok(s) => s.leader_id,
+                Err(_) => return,
+            },
+        };
+        let Some(addr) = node.member_address(leader) else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        match ask_rejoin(&addr, &tls, me, &advertise).await {
+            Ok(()) => {
+                info!(%addr, "re-added by the leader; catching up");
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    status.wait_for(|s| !s.lost_data),
+                )
+                .await;
+            }
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "rejoin request failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn ask_rejoin(addr: &str, tls: &TlsPaths, me: u64, advertise: &str) -> Result<(), String> {
+    use cd_proto::v1::cluster_service_client::ClusterServiceClient;
+    let host = addr
+        .trim_start_matches("https://")
+        .rsplit_once(':')
+        .map_or(addr, |(h, _)| h)
+        .to_string();
+    let cfg = cd_common::tls::client_tls(tls, &host).map_err(|e| e.to_string())?;
+    let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
+        .map_err(|e| e.to_string())?
+        .tls_config(cfg)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    ClusterServiceClient::new(channel)
+        .add_node(cd_proto::v1::AddNodeRequest {
+            id: me,
+            address: advertise.to_string(),
+            rejoin: true,
+        })
+        .await
+        .map(|_| ())
+        .map_err(|s| s.message().to_string())
 }

@@ -11,7 +11,7 @@ pub async fn run(ctx: &Ctx, cmd: AgentsCommand) -> anyhow::Result<()> {
         AgentsCommand::List => {
             let mut conn = ctx.conn().await?;
             let resp = conn
-                .call("agents list", async |mut c| {
+                .read("agents list", async |mut c| {
                     c.list_agents(ListAgentsRequest {}).await
                 })
                 .await?;

@@ -13,7 +13,7 @@ pub async fn run(ctx: &Ctx, cmd: EnvCommand) -> anyhow::Result<()> {
     match cmd {
         EnvCommand::List => {
             let resp = conn
-                .call("env list", async |mut c| {
+                .read("env list", async |mut c| {
                     c.list_environments(ListEnvironmentsRequest {}).await
                 })
                 .await?;
@@ -25,7 +25,7 @@ pub async fn run(ctx: &Ctx, cmd: EnvCommand) -> anyhow::Result<()> {
         EnvCommand::History { env } => {
             let req = EnvironmentHistoryRequest { environment: env };
             let resp = conn
-                .call("env history", async |mut c| {
+                .read("env history", async |mut c| {
                     c.environment_history(req.clone()).await
                 })
                 .await?;

@@ -27,7 +27,7 @@ pub async fn run(ctx: &Ctx, args: LogsArgs) -> anyhow::Result<()> {
         run_id: args.run.clone(),
     };
     let run = conn
-        .call(what, async |mut c| c.get_run(get.clone()).await)
+        .read(what, async |mut c| c.get_run(get.clone()).await)
         .await?;
     let Some(stage) = run.stages.iter().find(|s| s.name == args.stage) else {
         let names: Vec<&str> = run.stages.iter().map(|s| s.name.as_str()).collect();
@@ -47,7 +47,7 @@ pub async fn run(ctx: &Ctx, args: LogsArgs) -> anyhow::Result<()> {
         follow: args.follow,
     };
     let chunks = conn
-        .call(what, async |mut c| c.follow_logs(req.clone()).await)
+        .read(what, async |mut c| c.follow_logs(req.clone()).await)
         .await?;
     let origin = conn.endpoint().to_string();
     let mut out = std::io::stdout();

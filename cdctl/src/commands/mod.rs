@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod approve;
 pub mod certs;
+pub mod cluster;
 pub mod env;
 pub mod logs;
 pub mod pipeline;
@@ -14,7 +15,7 @@ use std::io::Write;
 use serde_json::Value;
 
 use crate::cli::{Cli, Command, Output};
-use crate::client::{Conn, ConnectConfig, resolve_tls};
+use crate::client::{ClusterClient, Conn, ConnectConfig, LEADER_WAIT, resolve_tls};
 
 /// What every command needs besides its own arguments.
 pub struct Ctx {
@@ -36,12 +37,19 @@ impl Ctx {
                     g.cert_dir.as_deref(),
                 ),
                 timeout: g.timeout,
+                stale: g.stale,
+                leader_wait: LEADER_WAIT,
             },
         }
     }
 
     /// Connects to the first endpoint that answers.
     pub async fn conn(&self) -> anyhow::Result<Conn> {
+        Conn::connect(self.connect.clone()).await
+    }
+
+    /// Connects the cluster-administration client to the first endpoint that answers.
+    pub async fn cluster_conn(&self) -> anyhow::Result<Conn<ClusterClient>> {
         Conn::connect(self.connect.clone()).await
     }
 
@@ -86,5 +94,6 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Agents(cmd) => agents::run(&ctx, cmd).await.map(|()| 0),
         Command::Env(cmd) => env::run(&ctx, cmd).await.map(|()| 0),
         Command::Rollback(args) => env::rollback(&ctx, args).await,
+        Command::Cluster(cmd) => cluster::run(&ctx, cmd).await,
     }
 }

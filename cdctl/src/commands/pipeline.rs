@@ -49,7 +49,7 @@ async fn apply(ctx: &Ctx, file: &std::path::Path) -> anyhow::Result<()> {
 async fn list(ctx: &Ctx) -> anyhow::Result<()> {
     let mut conn = ctx.conn().await?;
     let resp = conn
-        .call("pipeline list", async |mut c| {
+        .read("pipeline list", async |mut c| {
             c.list_pipelines(ListPipelinesRequest {}).await
         })
         .await?;
@@ -64,7 +64,7 @@ async fn show(ctx: &Ctx, name: String, version: u32) -> anyhow::Result<()> {
     let mut conn = ctx.conn().await?;
     let req = GetPipelineRequest { name, version };
     let p = conn
-        .call("pipeline show", async |mut c| {
+        .read("pipeline show", async |mut c| {
             c.get_pipeline(req.clone()).await
         })
         .await?;

@@ -83,7 +83,7 @@ async fn list(ctx: &Ctx, pipeline: Option<String>, limit: Option<u32>) -> anyhow
             page_token: token.clone(),
         };
         let page = conn
-            .call(what, async |mut c| c.list_runs(req.clone()).await)
+            .read(what, async |mut c| c.list_runs(req.clone()).await)
             .await?;
         let got = page.runs.len();
         runs.extend(page.runs);
@@ -111,7 +111,7 @@ async fn show(ctx: &Ctx, run_id: String) -> anyhow::Result<()> {
     let mut conn = ctx.conn().await?;
     let req = GetRunRequest { run_id };
     let run = conn
-        .call("run show", async |mut c| c.get_run(req.clone()).await)
+        .read("run show", async |mut c| c.get_run(req.clone()).await)
         .await?;
     let now = cd_common::time::now_ms();
     ctx.show(|| table::run_detail(&run, now), || json::run(&run))
@@ -144,7 +144,7 @@ pub async fn watch(ctx: &Ctx, conn: &mut Conn, run_id: &str, what: &str) -> anyh
         run_id: run_id.to_string(),
     };
     let stream = conn
-        .call(what, async |mut c| c.watch_run(req.clone()).await)
+        .read(what, async |mut c| c.watch_run(req.clone()).await)
         .await?;
     let origin = conn.endpoint().to_string();
     let mut out = std::io::stdout();

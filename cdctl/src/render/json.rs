@@ -12,6 +12,7 @@ use cd_proto::v1::{
 use serde_json::{Map, Value, json};
 
 use super::{run_state_name, stage_state_name};
+use crate::cluster_view::{DigestGroup, DigestRow, NodeRow};
 
 fn string_map(map: &HashMap<String, String>) -> Value {
     Value::Object(
@@ -177,6 +178,45 @@ pub fn log_chunk(c: &LogChunk) -> Value {
         "attempt": attempt,
         "seq": c.seq,
         "data": String::from_utf8_lossy(&c.data),
+    })
+}
+
+/// A node of `cluster status`; what nobody could tell is `null`.
+pub fn cluster_node(r: &NodeRow) -> Value {
+    json!({
+        "id": r.id,
+        "address": r.address,
+        "role": r.role,
+        "term": r.term,
+        "commit": r.commit,
+        "applied": r.applied,
+        "lag": r.lag,
+        "last_contact_ms": r.last_contact_ms,
+        "voter": r.voter,
+        "error": r.error,
+    })
+}
+
+/// The answer of `cluster digest`: each node's digest, the groups by applied index, and
+/// whether nodes at the same index agree.
+pub fn cluster_digests(rows: &[DigestRow], groups: &[DigestGroup], agree: bool) -> Value {
+    json!({
+        "nodes": rows.iter().map(|r| json!({
+            "id": r.id,
+            "address": r.address,
+            "applied": r.applied,
+            "digest": r.digest,
+            "error": r.error,
+        })).collect::<Vec<_>>(),
+        "groups": groups.iter().map(|g| json!({
+            "applied": g.applied,
+            "agree": g.agrees(),
+            "digests": g.digests.iter().map(|(digest, ids)| json!({
+                "digest": digest,
+                "nodes": ids,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "agree": agree,
     })
 }
 

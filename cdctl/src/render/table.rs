@@ -9,6 +9,8 @@ use cd_proto::v1::{
     AgentInfo, Deployment, Environment, Pipeline, Run, Stage, StageResult, StageState,
 };
 
+use crate::cluster_view::{DigestRow, NodeRow};
+
 use super::{
     ago, clock, current_attempt, duration_text, run_state_name, stage_duration, stage_reason,
     stage_state_name, when,
@@ -448,6 +450,81 @@ pub fn deployments(items: &[Deployment], now: i64) -> String {
     t.render()
 }
 
+fn or_dash_num<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// `cluster status`: one row per node; an ERROR column only when some node did not answer.
+pub fn cluster_nodes(rows: &[NodeRow]) -> String {
+    let errors = rows.iter().any(|r| r.error.is_some());
+    let mut headers = vec![
+        "ID",
+        "ADDRESS",
+        "ROLE",
+        "TERM",
+        "COMMIT",
+        "APPLIED",
+        "LAG",
+        "LAST CONTACT",
+        "VOTER",
+    ];
+    if errors {
+        headers.push("ERROR");
+    }
+    let mut t = Table::new(&headers);
+    for r in rows {
+        let mut cells = vec![
+            or_dash_num(r.id),
+            or_dash(&r.address),
+            r.role.clone(),
+            or_dash_num(r.term),
+            or_dash_num(r.commit),
+            or_dash_num(r.applied),
+            or_dash_num(r.lag),
+            r.last_contact_ms.map_or("-".to_string(), |ms| {
+                format!("{} ago", duration_text(ms.max(0) as u64))
+            }),
+            r.voter
+                .map_or("-", |v| if v { "yes" } else { "no" })
+                .to_string(),
+        ];
+        if errors {
+            cells.push(or_dash(r.error.as_deref().unwrap_or("")));
+        }
+        t.row(cells);
+    }
+    t.render()
+}
+
+/// `cluster digest`: one row per node, then the verdict lines.
+pub fn cluster_digests(rows: &[DigestRow], verdict: &[String]) -> String {
+    let errors = rows.iter().any(|r| r.error.is_some());
+    let mut headers = vec!["ID", "ADDRESS", "APPLIED", "DIGEST"];
+    if errors {
+        headers.push("ERROR");
+    }
+    let mut t = Table::new(&headers);
+    for r in rows {
+        let mut cells = vec![
+            or_dash_num(r.id),
+            or_dash(&r.address),
+            or_dash_num(r.applied),
+            or_dash(r.digest.as_deref().unwrap_or("")),
+        ];
+        if errors {
+            cells.push(or_dash(r.error.as_deref().unwrap_or("")));
+        }
+        t.row(cells);
+    }
+    let mut out = t.render();
+    out.push('\n');
+    for line in verdict {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -669,6 +746,72 @@ pub(crate) mod tests {
             line,
             format!("{} test     running (attempt 2 on agent-2)", clock(T0))
         );
+    }
+
+    #[test]
+    fn cluster_table_shows_unknowns_as_dashes_and_errors_last() {
+        let rows = [
+            NodeRow {
+                id: Some(1),
+                address: "https://127.0.0.1:7001".into(),
+                role: "leader".into(),
+                term: Some(5),
+                commit: Some(42),
+                applied: Some(42),
+                lag: Some(0),
+                voter: Some(true),
+                ..NodeRow::default()
+            },
+            NodeRow {
+                id: Some(2),
+                address: "https://127.0.0.1:7002".into(),
+                role: "unreachable".into(),
+                lag: Some(3),
+                last_contact_ms: Some(2_500),
+                voter: Some(false),
+                error: Some("connect: refused".into()),
+                ..NodeRow::default()
+            },
+        ];
+        let text = cluster_nodes(&rows);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            [
+                "ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG", "LAST", "CONTACT",
+                "VOTER", "ERROR"
+            ]
+        );
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            [
+                "1",
+                "https://127.0.0.1:7001",
+                "leader",
+                "5",
+                "42",
+                "42",
+                "0",
+                "-",
+                "yes",
+                "-"
+            ]
+        );
+        let contact = format!("{} ago", duration_text(2_500));
+        let mut expected = vec![
+            "2",
+            "https://127.0.0.1:7002",
+            "unreachable",
+            "-",
+            "-",
+            "-",
+            "3",
+        ];
+        expected.extend(contact.split_whitespace());
+        expected.extend(["no", "connect:", "refused"]);
+        assert_eq!(lines[2].split_whitespace().collect::<Vec<_>>(), expected);
+        // Without errors there is no ERROR column.
+        assert!(!cluster_nodes(&rows[..1]).contains("ERROR"));
     }
 
     #[test]

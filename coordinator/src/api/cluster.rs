@@ -9,6 +9,7 @@ use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
+use super::identity;
 use super::status::{LEADER_METADATA, from_propose, invalid};
 use crate::raft::transport::Faults;
 use crate::raft::{ProposeError, RaftHandle, Role};
@@ -134,16 +135,27 @@ impl ClusterService for ClusterApi {
         &self,
         req: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let caller = identity::identity(&req);
         let r = req.into_inner();
         if r.id == 0 {
             return Err(invalid("id", "must be a positive integer"));
         }
         valid_address(&r.address)?;
         if let Some(a) = self.node.member_address(r.id) {
-            return Err(Status::already_exists(format!(
-                "node {} is already a member at {a}",
-                r.id
-            )));
+            if !r.rejoin {
+                return Err(Status::already_exists(format!(
+                    "node {} is already a member at {a}",
+                    r.id
+                )));
+            }
+            // A member that lost its data: forget its progress by removing it, then add it
+            // back as a learner so it catches up by snapshot.
+            identity::check_role(caller, cd_common::certs::Role::Coordinator)?;
+            info!("re-adding a member that lost its data");
+            self.node
+                .change_membership(change(r.id, ConfChangeType::RemoveNode), Vec::new())
+                .await
+                .map_err(from_propose)?;
         }
         self.node
             .change_membership(

@@ -18,7 +18,12 @@ pub fn caller<T>(req: &Request<T>) -> String {
 
 /// Refuses callers whose certificate does not carry `role`.
 pub fn require_role<T>(req: &Request<T>, role: Role) -> Result<Identity, Status> {
-    match identity(req) {
+    check_role(identity(req), role)
+}
+
+/// As `require_role`, for an identity taken from the request earlier.
+pub fn check_role(caller: Option<Identity>, role: Role) -> Result<Identity, Status> {
+    match caller {
         Some(id) if id.role == role => Ok(id),
         Some(id) => Err(Status::permission_denied(format!(
             "{id} may not call this service (role {} required)",

@@ -37,6 +37,9 @@ pub struct NodeStatus {
     pub last_index: u64,
     /// A voter of the current configuration (false for learners and removed nodes).
     pub voter: bool,
+    /// The leader believes this node holds entries it does not have (its data dir was lost):
+    /// it must be re-added to catch up.
+    pub lost_data: bool,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

@@ -84,6 +84,7 @@ struct Node<T: Transport> {
     next_read: u64,
     last_heard: HashMap<u64, Instant>,
     promoting: HashSet<u64>,
+    lost_data: bool,
     applied: u64,
     applied_term: u64,
     snapshot_index: u64,
@@ -145,6 +146,7 @@ pub fn start_node(
         applied,
         last_index: applied,
         voter: false,
+        lost_data: false,
     });
     let handle = RaftHandle {
         tx,
@@ -166,6 +168,7 @@ pub fn start_node(
         next_read: 0,
         last_heard: HashMap::new(),
         promoting: HashSet::new(),
+        lost_data: false,
         applied,
         applied_term,
         snapshot_index: applied,
@@ -265,8 +268,9 @@ impl<T: Transport> Node<T> {
                 }
             }
             Request::Step(msgs) => {
-                for m in msgs {
+                for mut m in msgs {
                     self.last_heard.insert(m.from, Instant::now());
+                    self.guard_lost_data(&mut m);
                     if let Err(e) = self.raw.step(m) {
                         debug!(error = %e, "raft message ignored");
                     }
@@ -309,6 +313,25 @@ impl<T: Transport> Node<T> {
             Request::Progress { reply } => {
                 let _ = reply.send(self.progress());
             }
+        }
+    }
+
+    /// A heartbeat's commit index is at most what the leader believes we hold; beyond our
+    /// last index, we lost entries (a wiped data dir) and raft-rs would panic. Keep our own
+    /// commit index instead and ask to be re-added (see `server::rejoin`).
+    fn guard_lost_data(&mut self, m: &mut Message) {
+        let last = self.raw.raft.raft_log.last_index();
+        if m.get_msg_type() == MessageType::MsgHeartbeat && m.commit > last {
+            if !self.lost_data {
+                warn!(
+                    leader = m.from,
+                    leader_commit = m.commit,
+                    last_index = last,
+                    "the leader believes this node holds entries it does not have (lost data dir?); asking to be re-added"
+                );
+            }
+            self.lost_data = true;
+            m.commit = self.raw.raft.raft_log.committed;
         }
     }
 
@@ -377,7 +400,7 @@ impl<T: Transport> Node<T> {
 
     fn on_ready(&mut self) -> Result<(), NodeError> {
         if !self.raw.has_ready() {
-            return Ok(());
+            return self.maybe_snapshot();
         }
         let was_leader = self.is_leader();
         let mut ready = self.raw.ready();
@@ -413,7 +436,16 @@ impl<T: Transport> Node<T> {
             // Entries this node proposed may be overwritten by the new leader; callers retry.
             self.fail_all();
         }
-        if self.applied >= self.snapshot_index + self.snapshot_every {
+        self.maybe_snapshot()
+    }
+
+    /// Snapshots every `snapshot_every` entries, and when a peer needs one the stored snapshot
+    /// cannot serve (its configuration predates the peer).
+    fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
+        let wanted = self.raw.store().take_snapshot_request();
+        if (wanted && self.applied > self.snapshot_index)
+            || self.applied >= self.snapshot_index + self.snapshot_every
+        {
             self.take_snapshot()?;
         }
         Ok(())
@@ -528,6 +560,7 @@ impl<T: Transport> Node<T> {
         self.applied = meta.index;
         self.applied_term = meta.term;
         self.snapshot_index = meta.index;
+        self.lost_data = false;
         let members = st.members.clone();
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = st;
         self.transport
@@ -583,6 +616,7 @@ impl<T: Transport> Node<T> {
             applied: self.applied,
             last_index: r.raft_log.last_index(),
             voter: r.prs().conf().voters().contains(r.id),
+            lost_data: self.lost_data,
         };
         self.status.send_if_modified(|cur| {
             if *cur != s {

@@ -28,6 +28,9 @@ struct Cache {
 pub struct RaftStore {
     engine: Arc<dyn Engine>,
     cache: RwLock<Cache>,
+    /// Set when Raft asked for a snapshot the stored one cannot serve (too old a
+    /// configuration); the node takes a fresh one.
+    snapshot_wanted: std::sync::atomic::AtomicBool,
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -76,6 +79,7 @@ impl RaftStore {
         Ok(RaftStore {
             engine,
             cache: RwLock::new(c),
+            snapshot_wanted: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -227,6 +231,12 @@ impl RaftStore {
         Ok(state)
     }
 
+    /// Whether Raft asked for a fresher snapshot since the last call (and clears the flag).
+    pub fn take_snapshot_request(&self) -> bool {
+        self.snapshot_wanted
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn entry(&self, idx: u64) -> Result<Option<Entry>> {
         self.engine
             .get(Tree::RaftLog, &idx.to_be_bytes())?
@@ -316,16 +326,26 @@ impl raft::Storage for RaftStore {
         Ok(self.cache().last_index)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let fits = |s: &Snapshot| {
+            let cs = s.get_metadata().get_conf_state();
+            s.get_metadata().index >= request_index
+                && (cs.voters.contains(&to) || cs.learners.contains(&to))
+        };
         match self.load_snapshot().map_err(store_err)? {
-            Some(mut s) if s.get_metadata().index >= request_index => {
+            // A node not in the snapshot's configuration would refuse it.
+            Some(mut s) if fits(&s) => {
                 let data = super::bundle(self.engine.as_ref(), &s.data).map_err(store_err)?;
                 s.data = data.into();
                 Ok(s)
             }
-            _ => Err(raft::Error::Store(
-                StorageError::SnapshotTemporarilyUnavailable,
-            )),
+            _ => {
+                self.snapshot_wanted
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Err(raft::Error::Store(
+                    StorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
         }
     }
 }

@@ -81,7 +81,8 @@ pub fn machine(data_dir: &Path) -> String {
                 .map(|(_, m)| m.trim().to_string())
         })
         .unwrap_or_else(|| "unknown".into());
-    let fs = output("stat", &["-f", "-c", "%T", &data_dir.to_string_lossy()]);
+    let dir = data_dir.to_string_lossy();
+    let fs = output("findmnt", &["-n", "-o", "FSTYPE,SOURCE", "-T", &dir]);
     format!(
         "- machine: nproc {nproc}, CPU {cpu}, kernel `{}`\n- data dir: {} (filesystem {fs})\n- date: {}\n",
         output("uname", &["-r"]),

@@ -99,7 +99,11 @@ async fn measure(args: &Args, env: &BenchEnv) -> Result<Table> {
                 Which::Dispatch => dispatch::run(env, rep, warmup, samples).await?,
                 Which::Logs => logs::run(env, rep, args.lines).await?,
             };
-            eprintln!("run {rep}/{} {which:?}: {}", args.runs, brief(&values));
+            eprintln!(
+                "repetition {rep}/{} {which:?}: {}",
+                args.runs,
+                brief(&values)
+            );
             table.add(&values);
         }
     }
