@@ -66,6 +66,7 @@ mod tests {
             run_id: "r".into(),
             stage: "a".into(),
             attempt: 1,
+            fencing_term: 0,
         };
         let stale = AttemptKey {
             stage: "b".into(),

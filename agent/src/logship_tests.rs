@@ -10,6 +10,7 @@ fn key(stage: &str) -> AttemptKey {
         run_id: "r1".into(),
         stage: stage.into(),
         attempt: 1,
+        fencing_term: 0,
     }
 }
 

@@ -11,12 +11,14 @@ use tokio_util::sync::CancellationToken;
 /// How many finished attempts are remembered to ignore re-sent assignments.
 const FINISHED_MEMORY: usize = 4096;
 
-/// Identifies one attempt: (run id, stage, attempt number).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Identifies one attempt: (run id, stage, attempt number), with the fencing token (the Raft
+/// term of the grant) that every claim about it must echo.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AttemptKey {
     pub run_id: String,
     pub stage: String,
     pub attempt: u32,
+    pub fencing_term: u64,
 }
 
 impl AttemptKey {
@@ -25,6 +27,7 @@ impl AttemptKey {
             run_id: self.run_id.clone(),
             stage: self.stage.clone(),
             attempt: self.attempt,
+            fencing_term: self.fencing_term,
         }
     }
 }
@@ -35,6 +38,7 @@ impl From<&AttemptRef> for AttemptKey {
             run_id: r.run_id.clone(),
             stage: r.stage.clone(),
             attempt: r.attempt,
+            fencing_term: r.fencing_term,
         }
     }
 }
@@ -189,6 +193,7 @@ mod tests {
             run_id: "r1".into(),
             stage: "build".into(),
             attempt: n,
+            fencing_term: 0,
         }
     }
 

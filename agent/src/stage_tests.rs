@@ -53,6 +53,7 @@ fn assignment(stage: &str, command: &str) -> Assignment {
             run_id: "run-7".into(),
             stage: stage.into(),
             attempt: 2,
+            fencing_term: 0,
         }),
         pipeline: "web".into(),
         revision: "abc123".into(),

@@ -479,6 +479,40 @@ mod tests {
     }
 
     #[test]
+    fn cluster_commands_parse_ids_and_urls() {
+        let cli = Cli::try_parse_from(["cdctl", "cluster", "add", "4", "node-4:7400"]).unwrap();
+        match cli.command {
+            Command::Cluster(ClusterCommand::Add { id, url }) => {
+                assert_eq!((id, url.as_str()), (4, "https://node-4:7400"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli =
+            Cli::try_parse_from(["cdctl", "--stale", "cluster", "transfer-leader", "2"]).unwrap();
+        assert!(cli.global.stale);
+        assert!(matches!(
+            cli.command,
+            Command::Cluster(ClusterCommand::TransferLeader { id: 2 })
+        ));
+        for bad in [
+            &["cdctl", "cluster", "add", "0", "https://n:1"][..],
+            &["cdctl", "cluster", "add", "4", "ftp://n:1"],
+            &["cdctl", "cluster", "remove", "x"],
+            &["cdctl", "cluster", "add", "4"],
+        ] {
+            let err = Cli::try_parse_from(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn reads_are_documented_as_linearizable_by_default() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("linearizable by default"), "{help}");
+        assert!(help.contains("--stale"));
+    }
+
+    #[test]
     fn reject_requires_a_reason() {
         let err = Cli::try_parse_from(["cdctl", "reject", "r1", "deploy"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);

@@ -302,10 +302,14 @@ impl<C: ServiceClient> Conn<C> {
             }
             if let Some(leader) = leader_hint(&status).filter(|leader| *leader != self.endpoint) {
                 if redirects == MAX_REDIRECTS {
-                    return Err(status_error(status, what).context(format!(
-                        "still not at the leader after {MAX_REDIRECTS} redirects (last at {})",
-                        self.endpoint
-                    )));
+                    return Err(status_error_why(
+                        status,
+                        what,
+                        format!(
+                            "still not at the leader after {MAX_REDIRECTS} redirects (last at {})",
+                            self.endpoint
+                        ),
+                    ));
                 }
                 redirects += 1;
                 self.move_to_leader(&leader, what).await?;
@@ -315,13 +319,17 @@ impl<C: ServiceClient> Conn<C> {
             let pause = backoff(pauses);
             pauses += 1;
             if since.elapsed() + pause > self.cfg.leader_wait {
-                return Err(status_error(status, what).context(format!(
-                    "no leader within {}: the cluster keeps answering `unavailable` without \
-                     naming one (an election in progress, or too few nodes up for a majority?); \
-                     last answer from {}",
-                    crate::render::duration_text(self.cfg.leader_wait.as_millis() as u64),
-                    self.endpoint
-                )));
+                return Err(status_error_why(
+                    status,
+                    what,
+                    format!(
+                        "no leader within {}: the cluster keeps answering `unavailable` without \
+                         naming one (an election in progress, or too few nodes up for a \
+                         majority?); last answer from {}",
+                        crate::render::duration_text(self.cfg.leader_wait.as_millis() as u64),
+                        self.endpoint
+                    ),
+                ));
             }
             tokio::time::sleep(pause).await;
             self.next_endpoint().await?;
@@ -399,6 +407,13 @@ pub fn backoff(n: u32) -> Duration {
 /// Wraps a status as `<what>: <code>: <message>`.
 pub fn status_error(status: Status, what: &str) -> anyhow::Error {
     anyhow::Error::new(StatusError::from(status)).context(what.to_string())
+}
+
+/// Wraps a status as `<what>: <why>: <code>: <message>`.
+fn status_error_why(status: Status, what: &str, why: String) -> anyhow::Error {
+    anyhow::Error::new(StatusError::from(status))
+        .context(why)
+        .context(what.to_string())
 }
 
 /// The leader URL a follower named, if the status is `UNAVAILABLE` and carries a valid one.
@@ -500,6 +515,126 @@ mod tests {
         let err = resolve_tls(None, Some(Path::new("/x/me.pem")), None, None).unwrap_err();
         assert!(err.contains("--ca, --key"), "{err}");
         assert!(!err.contains("--cert,"), "{err}");
+    }
+
+    /// A connection that never connects: the calls below do not use the client.
+    fn lazy_conn(endpoints: &[&str], leader_wait: Duration) -> Conn<Client> {
+        let cfg = ConnectConfig {
+            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+            tls: Err("no TLS in this test".into()),
+            timeout: Duration::from_secs(1),
+            stale: false,
+            leader_wait,
+        };
+        let channel = Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        Conn::over(cfg, endpoints[0].to_string(), channel)
+    }
+
+    fn no_leader() -> Status {
+        Status::unavailable("not the leader (no leader elected yet); retry")
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_a_second() {
+        let ms: Vec<u128> = (0..7).map(|n| backoff(n).as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1000, 1000, 1000]);
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn unavailable_without_a_leader_is_retried_then_given_up() {
+        let mut conn = lazy_conn(&["http://127.0.0.1:9"], Duration::from_millis(350));
+        let mut calls = 0;
+        let err = conn
+            .call("cluster add", async |_c| {
+                calls += 1;
+                Err::<tonic::Response<()>, _>(no_leader())
+            })
+            .await
+            .unwrap_err();
+        // Pauses of 100 and 200 ms fit in 350 ms; the next (400 ms) does not.
+        assert_eq!(calls, 3);
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with("cluster add: no leader within 350ms: "),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "last answer from http://127.0.0.1:9: unavailable: not the leader (no leader \
+                 elected yet); retry"
+            ),
+            "{text}"
+        );
+        assert_eq!(crate::error::exit_code_for(&err), 1);
+    }
+
+    #[tokio::test]
+    async fn a_leader_elected_while_waiting_answers_and_other_errors_are_final() {
+        let mut conn = lazy_conn(&["http://127.0.0.1:9"], Duration::from_secs(10));
+        let mut calls = 0;
+        let value = conn
+            .call("run start", async |_c| {
+                calls += 1;
+                if calls < 3 {
+                    Err(no_leader())
+                } else {
+                    Ok(tonic::Response::new(7))
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!((value, calls), (7, 3));
+
+        calls = 0;
+        let err = conn
+            .call("run show", async |_c| {
+                calls += 1;
+                Err::<tonic::Response<()>, _>(Status::not_found("run \"x\" does not exist"))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(calls, 1);
+        assert_eq!(
+            format!("{err:#}"),
+            "run show: not found: run \"x\" does not exist"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_cannot_be_reached_is_an_error() {
+        let mut conn = lazy_conn(&["http://127.0.0.1:9"], Duration::from_secs(10));
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
+        };
+        let err = conn
+            .call("approve", async |_c| {
+                let mut status = Status::unavailable("not the leader");
+                status
+                    .metadata_mut()
+                    .insert(LEADER_METADATA, dead.parse().unwrap());
+                Err::<tonic::Response<()>, _>(status)
+            })
+            .await
+            .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with(&format!(
+                "approve: http://127.0.0.1:9 redirected to the leader {dead}, which cannot be \
+                 reached: "
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn stale_metadata_only_when_asked() {
+        let mut meta = CallMeta { stale: true };
+        let req = meta.call(tonic::Request::new(())).unwrap();
+        assert_eq!(req.metadata().get(STALE_METADATA).unwrap(), "true");
+        let req = CallMeta::default().call(tonic::Request::new(())).unwrap();
+        assert!(req.metadata().get(STALE_METADATA).is_none());
     }
 
     #[test]

@@ -69,6 +69,7 @@ fn chunk(attempt: u32, seq: u64, data: &str) -> LogChunk {
             run_id: "r-ok".into(),
             stage: "build".into(),
             attempt,
+            ..Default::default()
         }),
         seq,
         data: data.as_bytes().to_vec(),
@@ -530,4 +531,549 @@ async fn run_list_follows_pages_and_apply_sends_an_absolute_base_dir() {
             .unwrap()
             .contains(&format!("apply {} {}", file.display(), dir.display()))
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_follow_the_leader_unless_stale() {
+    let c = certs();
+    let (f, leader_calls) = fake();
+    let leader = serve(&c.certs, f).await;
+    let follower_calls = Calls::default();
+    let follower = serve(
+        &c.certs,
+        Fake {
+            leader: Some(leader.clone()),
+            calls: follower_calls.clone(),
+        },
+    )
+    .await;
+    let take = |calls: &Calls| std::mem::take(&mut *calls.lock().unwrap());
+    // The dead first endpoint is skipped for reads too.
+    let endpoints = format!("{},{follower}", dead_url());
+
+    // A linearizable read at a follower is redirected to the leader.
+    let out = cdctl(&c.certs, &endpoints, &["run", "show", "r-1", "-o", "json"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(take(&follower_calls), ["get r-1"]);
+    assert_eq!(take(&leader_calls), ["get r-1"]);
+
+    // --stale: every read carries cd-stale and the follower answers it itself.
+    let out = cdctl(&c.certs, &endpoints, &["--stale", "logs", "r-ok", "build"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "a1\nb1\na2\n");
+    assert_eq!(
+        take(&follower_calls),
+        ["get r-ok stale", "logs build 0 stale"]
+    );
+    assert!(take(&leader_calls).is_empty());
+
+    let out = cdctl_env(
+        &c.certs,
+        &endpoints,
+        &["run", "list", "-o", "json"],
+        &[("CD_STALE", "true")],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(take(&follower_calls), ["list  stale", "list p2 stale"]);
+    assert!(take(&leader_calls).is_empty());
+
+    let out = cdctl(&c.certs, &follower, &["--stale", "run", "watch", "r-ok"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(take(&follower_calls), ["watch r-ok stale"]);
+
+    // CD_STALE=false is off.
+    let out = cdctl_env(
+        &c.certs,
+        &follower,
+        &["run", "show", "r-1"],
+        &[("CD_STALE", "false")],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(take(&follower_calls), ["get r-1"]);
+    assert_eq!(take(&leader_calls), ["get r-1"]);
+
+    // Writes never carry it, so they still go to the leader.
+    let out = cdctl(&c.certs, &follower, &["--stale", "run", "start", "web"]).await;
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "r-42\n"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(take(&follower_calls), ["start web"]);
+    assert_eq!(take(&leader_calls), ["start web"]);
+}
+
+/// The state the fake coordinators share: who is a member where, who leads.
+#[derive(Default)]
+struct FakeCluster {
+    members: BTreeMap<u64, String>,
+    leader: u64,
+    /// How many more writes every node answers UNAVAILABLE without a leader (an election).
+    electing: u32,
+    /// Each node's digest: (applied, digest).
+    digests: BTreeMap<u64, (u64, String)>,
+    /// Calls in order, as `n<id> <call>` (with ` stale` if the call carried cd-stale).
+    calls: Vec<String>,
+}
+
+type Shared = Arc<Mutex<FakeCluster>>;
+
+/// One fake coordinator's `ClusterService`.
+#[derive(Clone)]
+struct FakeNode {
+    id: u64,
+    shared: Shared,
+}
+
+impl FakeNode {
+    fn record(&self, st: &mut FakeCluster, call: String, metadata: &MetadataMap) {
+        let stale = if is_stale(metadata) { " stale" } else { "" };
+        st.calls.push(format!("n{} {call}{stale}", self.id));
+    }
+
+    /// What this node says: itself in full; the leader also knows its peers' progress,
+    /// followers show them as `unknown`.
+    fn status(&self, st: &FakeCluster) -> ClusterStatus {
+        let leading = st.leader == self.id;
+        let nodes = st
+            .members
+            .iter()
+            .map(|(&id, address)| {
+                let base = NodeInfo {
+                    id,
+                    address: address.clone(),
+                    voter: true,
+                    ..Default::default()
+                };
+                if id == self.id {
+                    NodeInfo {
+                        role: if leading { "leader" } else { "follower" }.into(),
+                        term: 7,
+                        commit: 100,
+                        applied: 100 - id,
+                        ..base
+                    }
+                } else if leading {
+                    NodeInfo {
+                        role: "follower".into(),
+                        lag: id,
+                        last_contact_ms: 100 * id as i64,
+                        ..base
+                    }
+                } else {
+                    NodeInfo {
+                        role: "unknown".into(),
+                        ..base
+                    }
+                }
+            })
+            .collect();
+        ClusterStatus {
+            node_id: self.id,
+            leader_id: st.leader,
+            leader_address: st.members.get(&st.leader).cloned().unwrap_or_default(),
+            nodes,
+        }
+    }
+
+    /// A write: refused during an election, redirected by a follower.
+    fn write(&self, st: &mut FakeCluster, call: String, meta: &MetadataMap) -> Result<(), Status> {
+        self.record(st, call, meta);
+        if st.electing > 0 {
+            st.electing -= 1;
+            return Err(Status::unavailable(
+                "not the leader (no leader elected yet); retry",
+            ));
+        }
+        if st.leader != self.id {
+            return Err(not_the_leader(&st.members[&st.leader]));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterService for FakeNode {
+    async fn status(
+        &self,
+        request: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatus>, Status> {
+        let mut st = self.shared.lock().unwrap();
+        self.record(&mut st, "status".into(), request.metadata());
+        Ok(Response::new(self.status(&st)))
+    }
+    async fn add_node(
+        &self,
+        request: Request<AddNodeRequest>,
+    ) -> Result<Response<ClusterStatus>, Status> {
+        let mut st = self.shared.lock().unwrap();
+        let meta = request.metadata().clone();
+        let req = request.into_inner();
+        self.write(&mut st, format!("add {} {}", req.id, req.address), &meta)?;
+        st.members.insert(req.id, req.address);
+        Ok(Response::new(self.status(&st)))
+    }
+    async fn remove_node(
+        &self,
+        request: Request<RemoveNodeRequest>,
+    ) -> Result<Response<ClusterStatus>, Status> {
+        let mut st = self.shared.lock().unwrap();
+        let meta = request.metadata().clone();
+        let id = request.into_inner().id;
+        self.write(&mut st, format!("remove {id}"), &meta)?;
+        if id == self.id {
+            // Like the real leader: hand leadership over, then name the new leader.
+            let next = *st.members.keys().find(|&&m| m != id).unwrap();
+            st.leader = next;
+            return Err(not_the_leader(&st.members[&next]));
+        }
+        st.members.remove(&id);
+        Ok(Response::new(self.status(&st)))
+    }
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<Response<ClusterStatus>, Status> {
+        let mut st = self.shared.lock().unwrap();
+        let meta = request.metadata().clone();
+        let id = request.into_inner().id;
+        self.write(&mut st, format!("transfer {id}"), &meta)?;
+        st.leader = id;
+        Ok(Response::new(self.status(&st)))
+    }
+    async fn state_digest(
+        &self,
+        request: Request<StateDigestRequest>,
+    ) -> Result<Response<StateDigestResponse>, Status> {
+        let mut st = self.shared.lock().unwrap();
+        self.record(&mut st, "digest".into(), request.metadata());
+        let (applied, digest) = st.digests[&self.id].clone();
+        Ok(Response::new(StateDigestResponse { applied, digest }))
+    }
+    async fn set_faults(
+        &self,
+        _: Request<SetFaultsRequest>,
+    ) -> Result<Response<SetFaultsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+}
+
+/// Starts fake coordinators `running` (each with its cluster service) and adds `dead` members
+/// whose address nothing listens on; `leader` leads. Returns the shared state and the URLs.
+async fn fake_cluster(
+    certs: &Path,
+    running: &[u64],
+    dead: &[u64],
+    leader: u64,
+) -> (Shared, BTreeMap<u64, String>) {
+    let shared = Shared::default();
+    let mut urls = BTreeMap::new();
+    for &id in running {
+        let (listener, url) = listen().await;
+        urls.insert(id, url);
+        let (f, _) = fake();
+        let node = FakeNode {
+            id,
+            shared: shared.clone(),
+        };
+        spawn(certs, listener, f, Some(node));
+    }
+    for &id in dead {
+        urls.insert(id, dead_url());
+    }
+    {
+        let mut st = shared.lock().unwrap();
+        st.members = urls.clone();
+        st.leader = leader;
+        for &id in running {
+            st.digests.insert(id, (100, "d-100".into()));
+        }
+    }
+    (shared, urls)
+}
+
+fn take_calls(shared: &Shared) -> Vec<String> {
+    std::mem::take(&mut shared.lock().unwrap().calls)
+}
+
+fn json_rows(stdout: &str) -> Vec<serde_json::Value> {
+    serde_json::from_str::<serde_json::Value>(stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"))
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_status_merges_every_node_and_notes_the_unreachable() {
+    let c = certs();
+    let (shared, urls) = fake_cluster(&c.certs, &[1, 2], &[3], 1).await;
+
+    // Only the follower is given: the others are found through its member list.
+    let out = cdctl(&c.certs, &urls[&2], &["cluster", "status", "-o", "json"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rows = json_rows(&out.stdout);
+    assert_eq!(rows.len(), 3, "{}", out.stdout);
+    let leader = &rows[0];
+    assert_eq!(leader["id"], 1);
+    assert_eq!(leader["address"], urls[&1].as_str());
+    assert_eq!(leader["role"], "leader");
+    assert_eq!(leader["applied"], 99);
+    assert_eq!(leader["lag"], 0);
+    assert_eq!(leader["last_contact_ms"], serde_json::Value::Null);
+    let follower = &rows[1];
+    // Its own role/term/applied, the leader's lag and last contact.
+    assert_eq!(follower["role"], "follower");
+    assert_eq!(follower["term"], 7);
+    assert_eq!(follower["applied"], 98);
+    assert_eq!(follower["lag"], 2);
+    assert_eq!(follower["last_contact_ms"], 200);
+    assert_eq!(follower["error"], serde_json::Value::Null);
+    let dead = &rows[2];
+    assert_eq!(dead["id"], 3);
+    assert_eq!(dead["role"], "unreachable");
+    assert_eq!(dead["applied"], serde_json::Value::Null);
+    assert_eq!(dead["lag"], 3);
+    assert!(
+        dead["error"].as_str().unwrap().starts_with("connect: "),
+        "{dead}"
+    );
+    assert_eq!(
+        out.stderr,
+        format!("note: 1 of 3 nodes did not answer: node 3 ({})\n", urls[&3])
+    );
+    let mut calls = take_calls(&shared);
+    calls.sort();
+    assert_eq!(calls, ["n1 status", "n2 status"]);
+
+    // Table mode, with an unknown dead endpoint first in the list: it gets a row of its own.
+    let stranger = dead_url();
+    let endpoints = format!("{stranger},{}", urls[&1]);
+    let out = cdctl(&c.certs, &endpoints, &["--stale", "cluster", "status"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<Vec<&str>> = out
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines.len(), 5, "{}", out.stdout);
+    assert_eq!(
+        lines[0],
+        [
+            "ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG", "LAST", "CONTACT",
+            "VOTER", "ERROR"
+        ]
+    );
+    assert_eq!(
+        lines[1],
+        [
+            "1",
+            urls[&1].as_str(),
+            "leader",
+            "7",
+            "100",
+            "99",
+            "0",
+            "-",
+            "yes",
+            "-"
+        ]
+    );
+    assert_eq!(
+        lines[2][..7],
+        ["2", urls[&2].as_str(), "follower", "7", "100", "98", "2"]
+    );
+    assert_eq!(lines[3][..3], ["3", urls[&3].as_str(), "unreachable"]);
+    assert_eq!(lines[4][..3], ["-", stranger.as_str(), "unreachable"]);
+    assert!(
+        out.stderr
+            .starts_with("note: 2 of 4 nodes did not answer: ")
+    );
+    // cluster status never carries cd-stale.
+    assert!(take_calls(&shared).iter().all(|c| !c.ends_with("stale")));
+
+    // Nobody answers: an error.
+    let out = cdctl(&c.certs, &urls[&3], &["cluster", "status"]).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.starts_with(&format!(
+            "error: cluster status: no node answered: {}: connect: ",
+            urls[&3]
+        )),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_add_and_remove_follow_the_leader() {
+    let c = certs();
+    let (shared, urls) = fake_cluster(&c.certs, &[1, 2, 3], &[], 1).await;
+    // A dead endpoint first, then a follower.
+    let endpoints = format!("{},{}", dead_url(), urls[&2]);
+    let new_node = dead_url();
+
+    let out = cdctl(&c.certs, &endpoints, &["cluster", "add", "4", &new_node]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let calls = take_calls(&shared);
+    assert_eq!(
+        calls[..2],
+        [
+            format!("n2 add 4 {new_node}"),
+            format!("n1 add 4 {new_node}")
+        ]
+    );
+    // Then the status of everyone but the leader, whose answer to the write is used.
+    let mut rest = calls[2..].to_vec();
+    rest.sort();
+    assert_eq!(rest, ["n2 status", "n3 status"]);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!(
+            "node 4 added as a learner at {new_node}; the leader makes it a voter once it has \
+             caught up"
+        )
+    );
+    assert_eq!(lines[1], "");
+    assert!(lines[2].starts_with("ID "));
+    let row4: Vec<&str> = lines
+        .iter()
+        .find(|l| l.starts_with("4 "))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row4[..3], ["4", new_node.as_str(), "unreachable"]);
+    assert!(
+        out.stderr.contains(&format!("node 4 ({new_node})")),
+        "{}",
+        out.stderr
+    );
+
+    // Removing the leader through a follower: the follower names the leader, the leader hands
+    // over and names the new leader (node 2), which removes it.
+    let out = cdctl(
+        &c.certs,
+        &endpoints,
+        &["cluster", "remove", "1", "-o", "json"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let calls = take_calls(&shared);
+    assert_eq!(calls[..3], ["n2 remove 1", "n1 remove 1", "n2 remove 1"]);
+    let rows = json_rows(&out.stdout);
+    let ids: Vec<&serde_json::Value> = rows.iter().map(|r| &r["id"]).collect();
+    // Node 1 is gone from the members; the dead endpoint has a row of its own.
+    assert_eq!(
+        ids,
+        [
+            &serde_json::json!(2),
+            &serde_json::json!(3),
+            &serde_json::json!(4),
+            &serde_json::Value::Null
+        ]
+    );
+    assert_eq!(rows[0]["role"], "leader");
+    assert_eq!(shared.lock().unwrap().leader, 2);
+
+    // transfer-leader at a node that no longer leads is redirected too.
+    let out = cdctl(&c.certs, &urls[&3], &["cluster", "transfer-leader", "3"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.starts_with("node 3 is the leader\n"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(take_calls(&shared)[..2], ["n3 transfer 3", "n2 transfer 3"]);
+
+    // A server-side refusal is one error line.
+    let out = cdctl(&c.certs, &urls[&3], &["cluster", "add", "0", &new_node]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let out = cdctl(&c.certs, &urls[&3], &["cluster", "add", "5", "ftp://x"]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unavailable_without_a_leader_is_retried_until_one_answers() {
+    let c = certs();
+    let (shared, urls) = fake_cluster(&c.certs, &[1, 2], &[], 1).await;
+    shared.lock().unwrap().electing = 3;
+    let endpoints = format!("{},{}", urls[&1], urls[&2]);
+    let started = std::time::Instant::now();
+    let out = cdctl(&c.certs, &endpoints, &["cluster", "transfer-leader", "2"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // Three refusals, moving along the endpoint list between pauses, then the follower names
+    // the leader.
+    let calls = take_calls(&shared);
+    assert_eq!(
+        calls[..5],
+        [
+            "n1 transfer 2",
+            "n2 transfer 2",
+            "n1 transfer 2",
+            "n2 transfer 2",
+            "n1 transfer 2"
+        ]
+    );
+    // Pauses of 100, 200 and 400 ms.
+    assert!(started.elapsed() >= std::time::Duration::from_millis(700));
+    assert_eq!(shared.lock().unwrap().leader, 2);
+
+    // One endpoint: the same node is asked again.
+    shared.lock().unwrap().electing = 2;
+    let out = cdctl(&c.certs, &urls[&2], &["cluster", "transfer-leader", "1"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        take_calls(&shared)[..3],
+        ["n2 transfer 1", "n2 transfer 1", "n2 transfer 1"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_digest_compares_nodes_at_the_same_index() {
+    let c = certs();
+    let (shared, urls) = fake_cluster(&c.certs, &[1, 2, 3], &[4], 1).await;
+    let out = cdctl(&c.certs, &urls[&1], &["cluster", "digest"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["ID", "ADDRESS", "APPLIED", "DIGEST", "ERROR"]
+    );
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["1", urls[&1].as_str(), "100", "d-100", "-"]
+    );
+    assert_eq!(
+        lines[4].split_whitespace().collect::<Vec<_>>()[..3],
+        ["4", urls[&4].as_str(), "-"]
+    );
+    assert_eq!(
+        *lines.last().unwrap(),
+        "all 3 nodes agree: same digest at applied index 100"
+    );
+    assert!(out.stderr.starts_with("note: 1 of 4 nodes did not answer"));
+
+    shared
+        .lock()
+        .unwrap()
+        .digests
+        .insert(3, (100, "d-other".into()));
+    shared
+        .lock()
+        .unwrap()
+        .digests
+        .insert(2, (90, "d-90".into()));
+    let out = cdctl(&c.certs, &urls[&1], &["cluster", "digest", "-o", "json"]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["agree"], false);
+    assert_eq!(v["groups"][0]["applied"], 90);
+    assert_eq!(v["groups"][0]["agree"], true);
+    assert_eq!(v["groups"][1]["applied"], 100);
+    assert_eq!(v["groups"][1]["agree"], false);
+    assert_eq!(v["nodes"][2]["digest"], "d-other");
 }

@@ -15,6 +15,7 @@ fn key(stage: &str) -> AttemptKey {
         run_id: "run-1".into(),
         stage: stage.into(),
         attempt: 1,
+        fencing_term: 0,
     }
 }
 

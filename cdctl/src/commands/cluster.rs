@@ -29,6 +29,8 @@ pub async fn run(ctx: &Ctx, cmd: ClusterCommand) -> anyhow::Result<u8> {
             let req = AddNodeRequest {
                 id,
                 address: url.clone(),
+                // Only a coordinator that lost its data asks to be re-added.
+                rejoin: false,
             };
             let done = format!(
                 "node {id} added as a learner at {url}; the leader makes it a voter once it has \

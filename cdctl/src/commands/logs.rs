@@ -174,6 +174,7 @@ mod tests {
                 run_id: "r".into(),
                 stage: "build".into(),
                 attempt,
+                ..Default::default()
             }),
             seq,
             data: data.as_bytes().to_vec(),

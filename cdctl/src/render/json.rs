@@ -327,6 +327,7 @@ mod tests {
                 run_id: "r".into(),
                 stage: "s".into(),
                 attempt: 2,
+                ..Default::default()
             }),
             seq: 3,
             data: b"hi\xff\n".to_vec(),

@@ -43,6 +43,7 @@ fn key(agent: &str, r: Option<pb::AttemptRef>) -> Result<AttemptKey, Status> {
         stage: r.stage,
         attempt: r.attempt,
         agent: agent.to_string(),
+        term: r.fencing_term,
     })
 }
 
@@ -82,6 +83,7 @@ impl AgentApi {
                 run_id,
                 stage,
                 attempt,
+                term,
                 reason,
             } if a == agent => Some(pb::AgentMessage {
                 kind: Some(pb::agent_message::Kind::Cancel(pb::Cancel {
@@ -89,6 +91,7 @@ impl AgentApi {
                         run_id: run_id.clone(),
                         stage: stage.clone(),
                         attempt: *attempt,
+                        fencing_term: *term,
                     }),
                     reason: reason.clone(),
                 })),
@@ -200,7 +203,9 @@ impl AgentService for AgentApi {
                         .get(&a.run_id)
                         .and_then(|run| run.stage(&a.stage))
                         .and_then(|s| s.live_attempt())
-                        .is_some_and(|l| l.number == a.attempt && l.agent == r.agent);
+                        .is_some_and(|l| {
+                            l.number == a.attempt && l.agent == r.agent && l.term == a.fencing_term
+                        });
                     !live
                 })
                 .cloned()
@@ -269,6 +274,7 @@ impl AgentService for AgentApi {
                         run_id: a.run_id,
                         stage: a.stage,
                         attempt: a.attempt,
+                        fencing_term: a.term,
                     }),
                     next_seq: a.next_seq,
                     stale: a.stale,

@@ -377,6 +377,7 @@ impl ControlService for ControlApi {
                                 run_id: r.run_id.clone(),
                                 stage: r.stage.clone(),
                                 attempt: c.attempt,
+                                fencing_term: 0,
                             }),
                             seq: c.seq,
                             data: c.data,

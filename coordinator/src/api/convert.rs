@@ -188,6 +188,7 @@ pub fn assignment(st: &State, run_id: &str, stage_name: &str, n: u32) -> Option<
             run_id: run.id.clone(),
             stage: stage_name.to_string(),
             attempt: n,
+            fencing_term: a.term,
         }),
         pipeline: run.pipeline.clone(),
         revision: run.revision.clone(),

@@ -133,10 +133,10 @@ impl Transport for PeerTransport {
             let to = m.to;
             match self.peers.get(&to) {
                 Some(p) => {
-                    if p.tx.try_send(m).is_err() {
-                        if let Some(f) = &self.feedback {
-                            f.unreachable(to);
-                        }
+                    if p.tx.try_send(m).is_err()
+                        && let Some(f) = &self.feedback
+                    {
+                        f.unreachable(to);
                     }
                 }
                 None => debug!(to, "no address for peer; message dropped"),

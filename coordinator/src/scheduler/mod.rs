@@ -64,6 +64,7 @@ pub async fn run(
             now_ms: now,
             lease_ms,
             may_expire: now >= since + lease_ms,
+            term: node.status().borrow().term,
         };
         let proposals = node.read(|st| plan(st, &input));
         if proposals.is_empty() {

@@ -13,6 +13,8 @@ pub struct PlanInput<'a> {
     /// False during the grace period after this node became leader: leases granted by an
     /// earlier leader (or before a restart) are not expired until agents had time to renew.
     pub may_expire: bool,
+    /// This leader's Raft term, stamped into assignments as their fencing token.
+    pub term: u64,
 }
 
 pub fn plan(st: &State, input: &PlanInput<'_>) -> Vec<Kind> {
@@ -25,6 +27,7 @@ pub fn plan(st: &State, input: &PlanInput<'_>) -> Vec<Kind> {
             stage: stage.name.clone(),
             attempt: a.number,
             agent: a.agent.clone(),
+            term: a.term,
         };
         let timeout = st.stage_spec(run, &stage.name).and_then(|s| s.timeout_ms);
         let began = if a.started_ms > 0 {
@@ -75,6 +78,7 @@ pub fn plan(st: &State, input: &PlanInput<'_>) -> Vec<Kind> {
                 attempt: stage.attempts.len() as u32 + 1,
                 agent: agent.name.clone(),
                 lease_until_ms: input.now_ms + input.lease_ms,
+                term: input.term,
             }));
         }
     }

@@ -110,6 +110,7 @@ fn stages_go_only_to_connected_agents_with_the_labels_and_free_slots() {
             now_ms: 1000,
             lease_ms: 10,
             may_expire: true,
+            term: 1,
         },
     );
     // Only y has the label and is connected (z is not connected); it has one slot.
@@ -127,6 +128,7 @@ fn work_spreads_to_the_agent_with_most_free_slots() {
             now_ms: 1000,
             lease_ms: 10,
             may_expire: true,
+            term: 1,
         },
     );
     assert_eq!(
@@ -147,6 +149,7 @@ fn with_live_attempt(timeout: Option<u64>) -> State {
                 attempt: 1,
                 agent: "x".into(),
                 lease_until_ms: 500,
+                term: 1,
             }),
         ),
         99,
@@ -167,6 +170,7 @@ fn lapsed_leases_expire_only_after_the_grace_period() {
                 now_ms: 600,
                 lease_ms: 10,
                 may_expire,
+                term: 1,
             },
         )
         .into_iter()
@@ -188,6 +192,7 @@ fn timeouts_fire_even_during_the_grace_period() {
             now_ms: 260,
             lease_ms: 10,
             may_expire: false,
+            term: 1,
         },
     );
     assert!(out.iter().any(|k| matches!(k, Kind::ExpireAttempt(e) if e.timed_out && e.reason == "timed out after 50ms")), "{out:?}");
@@ -198,6 +203,7 @@ fn timeouts_fire_even_during_the_grace_period() {
             now_ms: 240,
             lease_ms: 10,
             may_expire: false,
+            term: 1,
         },
     );
     assert!(!early.iter().any(|k| matches!(k, Kind::ExpireAttempt(_))));

@@ -92,6 +92,7 @@ pub(super) fn assign(
         result: None,
         end_reason: String::new(),
         log_next_seq: 0,
+        term: c.term,
     });
     stage.state = StageState::Assigned;
     stage.reason.clear();
@@ -143,6 +144,7 @@ pub(super) fn append_logs(
                 run_id: key.run_id.clone(),
                 stage: key.stage.clone(),
                 attempt: key.attempt,
+                term: key.term,
                 next_seq: 0,
                 stale: true,
             },
@@ -161,6 +163,7 @@ pub(super) fn append_logs(
                     run_id: key.run_id.clone(),
                     stage: key.stage.clone(),
                     attempt: key.attempt,
+                    term: key.term,
                     next_seq: attempt.log_next_seq,
                     stale: false,
                 }
@@ -265,6 +268,7 @@ pub(super) fn expire(
         run_id: run_id.clone(),
         stage: key.stage.clone(),
         attempt: key.attempt,
+        term: attempt.term,
         reason: c.reason.clone(),
     });
     if c.timed_out {
@@ -297,17 +301,21 @@ fn live_attempt_mut<'a>(
     let name = stage.name.clone();
     let live = stage.state.is_live();
     match stage.attempts.last_mut() {
-        Some(a)
-            if live
-                && a.number == key.attempt
-                && (key.agent.is_empty() || a.agent == key.agent) =>
-        {
-            Ok(a)
+        // Claims from the coordinator itself (expiry) name no agent.
+        Some(a) if live && a.number == key.attempt && key.agent.is_empty() => Ok(a),
+        Some(a) if live && a.number == key.attempt && a.agent != key.agent => {
+            Err(StateError::Stale(format!(
+                "attempt {} of {}/{name} belongs to agent {}, not {}",
+                key.attempt, key.run_id, a.agent, key.agent
+            )))
         }
-        Some(a) if live && a.number == key.attempt => Err(StateError::Stale(format!(
-            "attempt {} of {}/{name} belongs to agent {}, not {}",
-            key.attempt, key.run_id, a.agent, key.agent
-        ))),
+        Some(a) if live && a.number == key.attempt && a.term != key.term => {
+            Err(StateError::Stale(format!(
+                "attempt {} of {}/{name}: fencing token term {} does not match the grant's term {}",
+                key.attempt, key.run_id, key.term, a.term
+            )))
+        }
+        Some(a) if live && a.number == key.attempt => Ok(a),
         _ => Err(StateError::Stale(format!(
             "attempt {} of {}/{name} is no longer live",
             key.attempt, key.run_id

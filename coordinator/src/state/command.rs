@@ -120,6 +120,9 @@ pub struct AttemptKey {
     /// The agent making the claim; checked against the attempt's holder.
     #[prost(string, tag = "4")]
     pub agent: String,
+    /// The fencing term the claimant was granted the attempt with.
+    #[prost(uint64, tag = "5")]
+    pub term: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -135,6 +138,9 @@ pub struct AssignStage {
     pub agent: String,
     #[prost(int64, tag = "5")]
     pub lease_until_ms: i64,
+    /// The proposer's Raft term: with the attempt number, the fencing token of the grant.
+    #[prost(uint64, tag = "6")]
+    pub term: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -69,6 +69,7 @@ pub enum Event {
         run_id: String,
         stage: String,
         attempt: u32,
+        term: u64,
         reason: String,
     },
     /// A stage became queued: the scheduler has work.
@@ -81,6 +82,8 @@ pub struct LogAck {
     pub run_id: String,
     pub stage: String,
     pub attempt: u32,
+    /// The fencing term the chunks were sent with (echoed back).
+    pub term: u64,
     pub next_seq: u64,
     pub stale: bool,
 }

@@ -102,6 +102,9 @@ pub struct Attempt {
     pub end_reason: String,
     /// Next log sequence number expected; chunks below it are duplicates.
     pub log_next_seq: u64,
+    /// Raft term of the grant; with `number`, the fencing token agents must echo.
+    #[serde(default)]
+    pub term: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -104,6 +104,7 @@ fn to_kind(k: &Kit, op: &Op) -> Option<Kind> {
                 stage: st.into(),
                 agent: AGENTS[*agent].into(),
                 lease_until_ms: k.now + 50,
+                term: 1,
             })
         }
         Op::Begin {

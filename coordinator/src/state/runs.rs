@@ -98,6 +98,7 @@ pub(super) fn cancel_run(
                 run_id: run.id.clone(),
                 stage: stage.name.clone(),
                 attempt: a.number,
+                term: a.term,
                 reason: reason.clone(),
             });
         }

@@ -116,6 +116,7 @@ impl Kit {
             stage: stage.into(),
             attempt,
             agent: agent.into(),
+            term: 1,
         }
     }
 
@@ -131,6 +132,7 @@ impl Kit {
             attempt,
             agent: agent.into(),
             lease_until_ms: self.now + 10_000,
+            term: 1,
         }));
         self.ok(Kind::StartAttempt(Self::key(run, stage, attempt, agent)));
         self.ok(Kind::ReportResult(ReportResult {

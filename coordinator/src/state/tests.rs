@@ -169,6 +169,7 @@ fn stale_and_foreign_claims_are_refused() {
         attempt: 1,
         agent: "a1".into(),
         lease_until_ms: k.now + 100,
+        term: 1,
     }));
     let twice = k.apply(Kind::AssignStage(AssignStage {
         run_id: run.clone(),
@@ -176,6 +177,7 @@ fn stale_and_foreign_claims_are_refused() {
         attempt: 2,
         agent: "a2".into(),
         lease_until_ms: k.now + 100,
+        term: 1,
     }));
     assert!(matches!(
         twice.result,
@@ -186,6 +188,14 @@ fn stale_and_foreign_claims_are_refused() {
         result: Some(exit(0)),
     }));
     assert!(matches!(foreign.result, Err(StateError::Stale(_))));
+    // The right agent with an older fencing token (an earlier grant's term) is refused too.
+    let mut old_token = Kit::key(&run, "build", 1, "a1");
+    old_token.term = 0;
+    let fenced = k.apply(Kind::ReportResult(ReportResult {
+        key: Some(old_token),
+        result: Some(exit(0)),
+    }));
+    assert!(matches!(fenced.result, Err(StateError::Stale(ref m)) if m.contains("fencing token")));
     k.ok(Kind::ExpireAttempt(ExpireAttempt {
         key: Some(Kit::key(&run, "build", 1, "a1")),
         timed_out: false,
@@ -212,6 +222,7 @@ fn a_timeout_counts_as_a_failure_and_tells_the_agent_to_stop() {
         attempt: 1,
         agent: "a1".into(),
         lease_until_ms: k.now + 100,
+        term: 1,
     }));
     let a = k.apply(Kind::ExpireAttempt(ExpireAttempt {
         key: Some(Kit::key(&run, "build", 1, "a1")),
@@ -238,6 +249,7 @@ fn log_chunks_are_deduplicated_ordered_and_fenced() {
         attempt: 1,
         agent: "a1".into(),
         lease_until_ms: k.now + 100,
+        term: 1,
     }));
     let chunk = |seq: u64, agent: &str| LogChunk {
         key: Some(Kit::key(&run, "build", 1, agent)),
@@ -281,6 +293,7 @@ fn cancel_stops_live_attempts_and_ends_the_run() {
         attempt: 1,
         agent: "a2".into(),
         lease_until_ms: k.now + 100,
+        term: 1,
     }));
     let a = k.apply(Kind::CancelRun(CancelRun {
         run_id: run.clone(),

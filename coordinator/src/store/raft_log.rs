@@ -397,6 +397,7 @@ mod tests {
         let mut snap = Snapshot::default();
         snap.mut_metadata().index = 2;
         snap.mut_metadata().term = 2;
+        snap.mut_metadata().mut_conf_state().voters = vec![1];
         snap.data = b"state".to_vec().into();
         s.save_snapshot(&snap, Batch::default()).unwrap();
         assert_eq!(s.first_index().unwrap(), 3);
@@ -408,7 +409,12 @@ mod tests {
         let reopened = RaftStore::open(engine, &[]).unwrap();
         assert_eq!(reopened.first_index().unwrap(), 3);
         assert_eq!(reopened.last_index(), 2);
-        let sent = reopened.snapshot(2, 0).unwrap();
+        assert!(
+            reopened.snapshot(2, 7).is_err(),
+            "a node outside the snapshot's configuration needs a fresher one"
+        );
+        assert!(reopened.take_snapshot_request());
+        let sent = reopened.snapshot(2, 1).unwrap();
         let mut b = Batch::default();
         assert_eq!(
             crate::store::unbundle(&sent.data, &mut b).unwrap(),
