@@ -22,11 +22,15 @@ pub use cd_proto::v1::{RunState, StageState};
 /// The directory cargo put this workspace's binaries in (target/debug or target/release).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test-binary>
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .map(Path::to_path_buf)
-        .expect("test binary lives in target/<profile>/deps")
+    // Tests live in target/<profile>/deps/, binaries such as cd-bench in target/<profile>/.
+    let dir = exe.parent().expect("executable has a directory");
+    if dir.ends_with("deps") {
+        dir.parent()
+            .map(Path::to_path_buf)
+            .expect("target/<profile>")
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Path of one of the workspace's binaries; they are built by `cargo test --workspace`

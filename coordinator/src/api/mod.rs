@@ -19,7 +19,6 @@ use cd_proto::v1::agent_service_server::AgentServiceServer;
 use cd_proto::v1::cluster_service_server::ClusterServiceServer;
 use cd_proto::v1::control_service_server::ControlServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use sessions::Sessions;
@@ -126,6 +125,9 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    // Small replies (assignments, commit answers, log acks) must not wait for a delayed ACK:
+    // tonic ignores its own nodelay setting for a listener we hand it, so set it here.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
@@ -140,7 +142,7 @@ pub async fn serve(
                 .max_decoding_message_size(peer_max)
                 .max_encoding_message_size(peer_max),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     Ok(())
 }
