@@ -173,6 +173,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 fn main() -> std::process::ExitCode {
     cd_common::tls::install_crypto_provider();
+    // Reads FAILPOINTS when built with the `failpoints` feature (tests); otherwise nothing.
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     let default_filter = if matches!(cli.cmd, Cmd::Dev(_)) {
         "warn"

@@ -156,7 +156,7 @@ impl Cluster {
         }
         args.extend(extra);
         let (proc, endpoint) =
-            crate::spawn_coordinator(&node.data_dir, &node.tls, &node.listen, &args)
+            crate::spawn_coordinator(&node.data_dir, &node.tls, &node.listen, &args, &[])
                 .with_context(|| format!("starting node {id}"))?;
         anyhow::ensure!(
             endpoint == node.url,

@@ -117,14 +117,30 @@ pub struct Coordinator {
     pub data_dir: PathBuf,
     tls: TlsPaths,
     extra: Vec<String>,
+    /// Environment for the next start (e.g. FAILPOINTS); cleared by `restart_clean`.
+    pub env: Vec<(String, String)>,
 }
 
 impl Coordinator {
     /// Starts a node on a free port of 127.0.0.1. `extra` are further `serve` flags.
     pub fn start(data_dir: &Path, certs: &Certs, extra: &[&str]) -> Result<Coordinator> {
+        Self::start_with_env(data_dir, certs, extra, &[])
+    }
+
+    /// As `start`, with extra environment variables for the process (e.g. FAILPOINTS).
+    pub fn start_with_env(
+        data_dir: &Path,
+        certs: &Certs,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Coordinator> {
         let tls = certs.tls(Role::Coordinator, "node-1");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (proc, endpoint) = spawn_coordinator(data_dir, &tls, "127.0.0.1:0", &extra)?;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (proc, endpoint) = spawn_coordinator(data_dir, &tls, "127.0.0.1:0", &extra, &env)?;
         let addr = endpoint.trim_start_matches("https://").to_string();
         Ok(Coordinator {
             proc,
@@ -133,7 +149,14 @@ impl Coordinator {
             data_dir: data_dir.to_path_buf(),
             tls,
             extra,
+            env,
         })
+    }
+
+    /// Restarts without the extra environment (e.g. after a failpoint crash).
+    pub fn restart_clean(&mut self) -> Result<()> {
+        self.env.clear();
+        self.restart()
     }
 
     /// Kills the node with SIGKILL (no snapshot, no clean shutdown).
@@ -144,8 +167,13 @@ impl Coordinator {
     /// Starts the node again on the same data dir and port.
     pub fn restart(&mut self) -> Result<()> {
         self.proc.kill9();
-        let (proc, endpoint) =
-            spawn_coordinator(&self.data_dir, &self.tls, &self.addr, &self.extra)?;
+        let (proc, endpoint) = spawn_coordinator(
+            &self.data_dir,
+            &self.tls,
+            &self.addr,
+            &self.extra,
+            &self.env,
+        )?;
         anyhow::ensure!(
             endpoint == self.endpoint,
             "restarted on {endpoint}, not {}",
@@ -165,6 +193,7 @@ pub(crate) fn spawn_coordinator(
     tls: &TlsPaths,
     listen: &str,
     extra: &[String],
+    env: &[(String, String)],
 ) -> Result<(Proc, String)> {
     std::fs::create_dir_all(data_dir)?;
     let log = data_dir.join("coordinator.log");
@@ -185,6 +214,7 @@ pub(crate) fn spawn_coordinator(
         .arg("--key")
         .arg(&tls.key)
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

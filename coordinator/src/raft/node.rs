@@ -410,7 +410,9 @@ impl<T: Transport> Node<T> {
         }
         self.apply_entries(ready.take_committed_entries())?;
         let read_states = ready.take_read_states();
+        fail::fail_point!("raft-before-persist", |_| crash("raft-before-persist"));
         self.raw.store().persist(ready.entries(), ready.hs())?;
+        fail::fail_point!("raft-after-persist", |_| crash("raft-after-persist"));
         self.send(ready.take_persisted_messages());
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
@@ -461,6 +463,7 @@ impl<T: Transport> Node<T> {
         if entries.is_empty() {
             return Ok(());
         }
+        fail::fail_point!("raft-before-apply", |_| crash("raft-before-apply"));
         let mut batch = Batch::default();
         let mut out = Vec::new();
         let mut replies = Vec::new();
@@ -529,6 +532,8 @@ impl<T: Transport> Node<T> {
         // Bulk data goes with the applied index; the Raft log, already durable, is the record,
         // so this write needs no fsync of its own (a snapshot syncs before compacting).
         self.engine.write(batch)?;
+        // Applied, nothing answered yet.
+        fail::fail_point!("raft-after-apply", |_| crash("raft-after-apply"));
         if members_changed {
             self.promoting.clear();
             let members = self.members();
@@ -569,6 +574,7 @@ impl<T: Transport> Node<T> {
     }
 
     fn take_snapshot(&mut self) -> Result<(), NodeError> {
+        fail::fail_point!("raft-before-snapshot", |_| crash("raft-before-snapshot"));
         let data = {
             let st = self.state.read().unwrap_or_else(|e| e.into_inner());
             st.to_snapshot()
@@ -583,6 +589,7 @@ impl<T: Transport> Node<T> {
         meta.term = self.applied_term;
         meta.set_conf_state(self.raw.store().conf_state());
         self.raw.store().save_snapshot(&snap, Batch::default())?;
+        fail::fail_point!("raft-after-snapshot", |_| crash("raft-after-snapshot"));
         self.snapshot_index = self.applied;
         debug!(index = self.applied, "state snapshot taken, log compacted");
         Ok(())
@@ -683,6 +690,13 @@ fn apply_conf_change(
     }
     info!(voters = ?cs.voters, learners = ?cs.learners, "configuration changed");
     Ok(())
+}
+
+/// What a failpoint configured with `return` does: die on the spot, like a power cut.
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+fn crash(point: &str) -> ! {
+    eprintln!("failpoint {point}: aborting");
+    std::process::abort()
 }
 
 /// Whether a raft message carries a snapshot (sent by the streaming path).

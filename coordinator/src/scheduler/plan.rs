@@ -60,6 +60,9 @@ pub fn plan(st: &State, input: &PlanInput<'_>) -> Vec<Kind> {
             .agents
             .values()
             .filter(|a| input.connected.contains(&a.name))
+            // A connection can outlive the agent's health (a frozen process, a half-open
+            // socket): only agents that renewed their leases lately get new work.
+            .filter(|a| a.last_seen_ms + input.lease_ms >= input.now_ms)
             .filter(|a| spec.labels.iter().all(|l| a.labels.contains(l)))
             .map(|a| {
                 (

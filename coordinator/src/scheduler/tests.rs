@@ -108,7 +108,7 @@ fn stages_go_only_to_connected_agents_with_the_labels_and_free_slots() {
         &PlanInput {
             connected: &c,
             now_ms: 1000,
-            lease_ms: 10,
+            lease_ms: 5_000,
             may_expire: true,
             term: 1,
         },
@@ -126,7 +126,7 @@ fn work_spreads_to_the_agent_with_most_free_slots() {
         &PlanInput {
             connected: &c,
             now_ms: 1000,
-            lease_ms: 10,
+            lease_ms: 5_000,
             may_expire: true,
             term: 1,
         },
@@ -207,4 +207,29 @@ fn timeouts_fire_even_during_the_grace_period() {
         },
     );
     assert!(!early.iter().any(|k| matches!(k, Kind::ExpireAttempt(_))));
+}
+
+#[test]
+fn agents_that_stopped_renewing_get_no_new_work() {
+    // Both connected; x was last seen at registration (t=102), y never renewed either, but
+    // only x is within the lease window at t=5_105.
+    let mut st = state_with(&[("x", &[], 4), ("y", &[], 4)], &[], None);
+    if let Some(a) = st.agents.get_mut("x") {
+        a.last_seen_ms = 5_000;
+    }
+    let c = connected(&["x", "y"]);
+    let out = plan(
+        &st,
+        &PlanInput {
+            connected: &c,
+            now_ms: 5_105,
+            lease_ms: 1_000,
+            may_expire: true,
+            term: 1,
+        },
+    );
+    assert_eq!(
+        assigned(&out),
+        vec![("a".into(), "x".into()), ("b".into(), "x".into())]
+    );
 }
