@@ -68,6 +68,15 @@ impl Certs {
         paths
     }
 
+    /// As `tls`, with extra DNS names or IP addresses in the certificate.
+    pub fn tls_with_sans(&self, role: Role, name: &str, sans: &[String]) -> TlsPaths {
+        let paths = TlsPaths::in_dir(&self.dir, name);
+        if !paths.cert.exists() {
+            certs::issue(&self.dir, &self.dir, role, name, sans, 30).expect("issue certificate");
+        }
+        paths
+    }
+
     pub fn operator(&self) -> TlsPaths {
         self.tls(Role::Operator, "operator")
     }
@@ -195,13 +204,33 @@ pub(crate) fn spawn_coordinator(
     extra: &[String],
     env: &[(String, String)],
 ) -> Result<(Proc, String)> {
+    spawn_coordinator_via(&[], data_dir, tls, listen, extra, env)
+}
+
+/// As `spawn_coordinator`, run through `wrapper` (e.g. `ip netns exec NS`, which execs it).
+pub fn spawn_coordinator_via(
+    wrapper: &[String],
+    data_dir: &Path,
+    tls: &TlsPaths,
+    listen: &str,
+    extra: &[String],
+    env: &[(String, String)],
+) -> Result<(Proc, String)> {
     std::fs::create_dir_all(data_dir)?;
     let log = data_dir.join("coordinator.log");
     let stderr = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log)?;
-    let mut child = Command::new(bin("cd-coordinator"))
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(bin("cd-coordinator"));
+            c
+        }
+        None => Command::new(bin("cd-coordinator")),
+    };
+    let mut child = cmd
         .arg("serve")
         .arg("--listen")
         .arg(listen)
@@ -636,3 +665,4 @@ impl Single {
 }
 
 pub mod cluster;
+pub mod netns;
