@@ -37,8 +37,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+pub use cd_common::duration::format_ms;
 pub use config::AgentConfig;
-pub use util::format_ms;
 
 use connection::Connection;
 use executor::process::ProcessExecutor;

@@ -44,41 +44,9 @@ impl Backoff {
     }
 }
 
-/// Formats milliseconds compactly: `250ms`, `2s`, `1.5s`, `1m30s`, `2h`.
-pub fn format_ms(ms: u64) -> String {
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    if !ms.is_multiple_of(1000) && ms < 60_000 {
-        return format!("{}s", (ms as f64 / 1000.0 * 10.0).round() / 10.0);
-    }
-    let secs = ms / 1000;
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if s > 0 || out.is_empty() {
-        out.push_str(&format!("{s}s"));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_read_like_pipeline_files() {
-        assert_eq!(format_ms(250), "250ms");
-        assert_eq!(format_ms(2000), "2s");
-        assert_eq!(format_ms(1500), "1.5s");
-        assert_eq!(format_ms(90_000), "1m30s");
-        assert_eq!(format_ms(7_200_000), "2h");
-    }
 
     #[test]
     fn backoff_doubles_to_the_cap_and_resets() {

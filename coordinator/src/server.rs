@@ -216,21 +216,7 @@ async fn rejoin(
 
 async fn ask_rejoin(addr: &str, tls: &TlsPaths, me: u64, advertise: &str) -> Result<(), String> {
     use cd_proto::v1::cluster_service_client::ClusterServiceClient;
-    let host = addr
-        .trim_start_matches("https://")
-        .rsplit_once(':')
-        .map_or(addr, |(h, _)| h)
-        .to_string();
-    let cfg = cd_common::tls::client_tls(tls, &host).map_err(|e| e.to_string())?;
-    let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
-        .map_err(|e| e.to_string())?
-        .tls_config(cfg)
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .map_err(|e| e.to_string())?;
+    let channel = crate::raft::transport::peer_channel(tls, addr)?;
     ClusterServiceClient::new(channel)
         .add_node(cd_proto::v1::AddNodeRequest {
             id: me,

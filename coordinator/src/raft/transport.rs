@@ -93,7 +93,8 @@ impl PeerTransport {
     }
 }
 
-fn peer_channel(tls: &TlsPaths, addr: &str) -> Result<Channel, String> {
+/// A lazily connected mTLS channel to another coordinator at `addr` (`https://host:port`).
+pub(crate) fn peer_channel(tls: &TlsPaths, addr: &str) -> Result<Channel, String> {
     let host = addr
         .trim_start_matches("https://")
         .rsplit_once(':')

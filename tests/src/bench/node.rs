@@ -91,47 +91,8 @@ pub struct Node {
 
 impl Node {
     fn start(bin: &Path, dir: &Path, certs: &Certs) -> Result<Node> {
-        std::fs::create_dir_all(dir)?;
         let tls = certs.tls(Role::Coordinator, "node-1");
-        let log = dir.join("coordinator.log");
-        let stderr = std::fs::File::create(&log)?;
-        let mut child = Command::new(bin.join("cd-coordinator"))
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--ca")
-            .arg(&tls.ca)
-            .arg("--cert")
-            .arg(&tls.cert)
-            .arg("--key")
-            .arg(&tls.key)
-            .env("RUST_LOG", rust_log())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .context("spawning cd-coordinator")?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let proc = Proc {
-            child,
-            log: log.clone(),
-        };
-        let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next().transpose()?.unwrap_or_default();
-        let Some(endpoint) = first.strip_prefix("listening on ") else {
-            bail!(
-                "coordinator did not start (stdout {first:?}); log:\n{}",
-                proc.log_text()
-            );
-        };
-        let endpoint = endpoint.trim().to_string();
-        ensure!(
-            endpoint.starts_with("https://127.0.0.1:"),
-            "coordinator listens on {endpoint}, not on loopback"
-        );
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let (proc, endpoint) = spawn_coordinator(bin, dir, &tls, "127.0.0.1:0", &[])?;
         Ok(Node {
             proc,
             endpoint,
@@ -143,52 +104,12 @@ impl Node {
     /// Starts a real `cd-agent` with one slot and waits until the coordinator lists it as
     /// connected.
     pub async fn start_agent(&mut self, env: &BenchEnv, name: &str) -> Result<()> {
-        let tls = env.certs.tls(Role::Agent, name);
         let work = self.dir.join("agents").join(name);
-        std::fs::create_dir_all(&work)?;
-        let log = work.join("agent.log");
-        let stderr = std::fs::File::create(&log)?;
-        let child = Command::new(env.bin.join("cd-agent"))
-            .args(["--name", name, "--endpoint", &self.endpoint, "--slots", "1"])
-            .arg("--ca")
-            .arg(&tls.ca)
-            .arg("--cert")
-            .arg(&tls.cert)
-            .arg("--key")
-            .arg(&tls.key)
-            .arg("--work-dir")
-            .arg(&work)
-            .env("RUST_LOG", rust_log())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .context("spawning cd-agent")?;
-        self.agents.push(Proc {
-            child,
-            log: log.clone(),
-        });
+        let agent = spawn_agent(env, name, &self.endpoint, &work)?;
+        let log = agent.log.clone();
+        self.agents.push(agent);
         let c = env.control(self).await?;
-        eventually(
-            &format!("agent {name} to connect (log {})", log.display()),
-            Duration::from_secs(30),
-            || {
-                let mut c = c.clone();
-                async move {
-                    let agents = c
-                        .list_agents(pb::ListAgentsRequest {})
-                        .await
-                        .ok()?
-                        .into_inner()
-                        .agents;
-                    agents
-                        .iter()
-                        .any(|a| a.name == name && a.connected)
-                        .then_some(())
-                }
-            },
-        )
-        .await
+        wait_agent(c, name, &log).await
     }
 
     /// A client of the agent API holding `name`'s agent certificate.
@@ -197,16 +118,137 @@ impl Node {
         env: &BenchEnv,
         name: &str,
     ) -> Result<AgentServiceClient<Channel>> {
-        let tls = env.certs.tls(Role::Agent, name);
-        let cfg = cd_common::tls::client_tls(&tls, "localhost")?;
-        let channel = Endpoint::from_shared(self.endpoint.clone())?
-            .tls_config(cfg)?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {}", self.endpoint))?;
-        Ok(AgentServiceClient::new(channel))
+        agent_client(env, &self.endpoint, name).await
     }
+}
+
+/// A client of the agent API at `endpoint` holding `name`'s agent certificate.
+pub async fn agent_client(
+    env: &BenchEnv,
+    endpoint: &str,
+    name: &str,
+) -> Result<AgentServiceClient<Channel>> {
+    let tls = env.certs.tls(Role::Agent, name);
+    Ok(AgentServiceClient::new(channel(endpoint, &tls).await?))
+}
+
+/// A connected mutual-TLS channel to a coordinator (or an etcd member with the same
+/// certificates), checking the server as `localhost`.
+pub async fn channel(endpoint: &str, tls: &TlsPaths) -> Result<Channel> {
+    let cfg = cd_common::tls::client_tls(tls, "localhost")?;
+    Endpoint::from_shared(endpoint.to_string())?
+        .tls_config(cfg)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {endpoint}"))
+}
+
+/// Spawns `cd-coordinator serve` on `listen` (127.0.0.1) with its data in `dir/data`, its
+/// stderr appended to `dir/coordinator.log`, and `extra` flags; returns once it prints the
+/// URL it listens on.
+pub fn spawn_coordinator(
+    bin: &Path,
+    dir: &Path,
+    tls: &TlsPaths,
+    listen: &str,
+    extra: &[String],
+) -> Result<(Proc, String)> {
+    std::fs::create_dir_all(dir)?;
+    let log = dir.join("coordinator.log");
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
+    let mut child = Command::new(bin.join("cd-coordinator"))
+        .arg("serve")
+        .args(["--listen", listen])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--ca")
+        .arg(&tls.ca)
+        .arg("--cert")
+        .arg(&tls.cert)
+        .arg("--key")
+        .arg(&tls.key)
+        .args(extra)
+        .env("RUST_LOG", rust_log())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .context("spawning cd-coordinator")?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let proc = Proc {
+        child,
+        log: log.clone(),
+    };
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().transpose()?.unwrap_or_default();
+    let Some(endpoint) = first.strip_prefix("listening on ") else {
+        bail!(
+            "coordinator did not start (stdout {first:?}); log:\n{}",
+            proc.log_text()
+        );
+    };
+    let endpoint = endpoint.trim().to_string();
+    ensure!(
+        endpoint.starts_with("https://127.0.0.1:"),
+        "coordinator listens on {endpoint}, not on loopback"
+    );
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Ok((proc, endpoint))
+}
+
+/// Spawns a real `cd-agent` named `name` with one slot, given `endpoints` (comma-separated),
+/// working in `work` (its log there too).
+pub fn spawn_agent(env: &BenchEnv, name: &str, endpoints: &str, work: &Path) -> Result<Proc> {
+    let tls = env.certs.tls(Role::Agent, name);
+    std::fs::create_dir_all(work)?;
+    let log = work.join("agent.log");
+    let stderr = std::fs::File::create(&log)?;
+    let child = Command::new(env.bin.join("cd-agent"))
+        .args(["--name", name, "--endpoint", endpoints, "--slots", "1"])
+        .arg("--ca")
+        .arg(&tls.ca)
+        .arg("--cert")
+        .arg(&tls.cert)
+        .arg("--key")
+        .arg(&tls.key)
+        .arg("--work-dir")
+        .arg(work)
+        .env("RUST_LOG", rust_log())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .context("spawning cd-agent")?;
+    Ok(Proc { child, log })
+}
+
+/// Waits until the coordinator behind `c` lists agent `name` as connected.
+pub async fn wait_agent(c: ControlServiceClient<Channel>, name: &str, log: &Path) -> Result<()> {
+    eventually(
+        &format!("agent {name} to connect (log {})", log.display()),
+        Duration::from_secs(30),
+        || {
+            let mut c = c.clone();
+            async move {
+                let agents = c
+                    .list_agents(pb::ListAgentsRequest {})
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .agents;
+                agents
+                    .iter()
+                    .any(|a| a.name == name && a.connected)
+                    .then_some(())
+            }
+        },
+    )
+    .await
 }
 
 impl Node {
@@ -231,6 +273,6 @@ impl Drop for Node {
 }
 
 /// The processes log at `info` (what a deployment runs with) unless RUST_LOG says otherwise.
-fn rust_log() -> String {
+pub fn rust_log() -> String {
     std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())
 }

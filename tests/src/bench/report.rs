@@ -9,21 +9,25 @@ use super::stats::Spread;
 /// One figure of one repetition.
 #[derive(Debug, Clone)]
 pub struct Value {
-    pub name: &'static str,
+    pub name: String,
     pub unit: &'static str,
     pub value: f64,
 }
 
 impl Value {
-    pub fn new(name: &'static str, unit: &'static str, value: f64) -> Value {
-        Value { name, unit, value }
+    pub fn new(name: impl Into<String>, unit: &'static str, value: f64) -> Value {
+        Value {
+            name: name.into(),
+            unit,
+            value,
+        }
     }
 }
 
 /// Every figure in the order first seen, with its value in each repetition.
 #[derive(Default)]
 pub struct Table {
-    rows: Vec<(&'static str, &'static str, Vec<f64>)>,
+    rows: Vec<(String, &'static str, Vec<f64>)>,
 }
 
 impl Table {
@@ -31,13 +35,21 @@ impl Table {
         for v in values {
             match self.rows.iter_mut().find(|(name, _, _)| *name == v.name) {
                 Some((_, _, all)) => all.push(v.value),
-                None => self.rows.push((v.name, v.unit, vec![v.value])),
+                None => self.rows.push((v.name.clone(), v.unit, vec![v.value])),
             }
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
+    }
+
+    /// The spread over repetitions of figure `name`, if it was measured.
+    pub fn spread(&self, name: &str) -> Option<Spread> {
+        self.rows
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, _, values)| Spread::of(values))
     }
 
     /// The Markdown table: median over repetitions, min..max, and every repetition's value.
@@ -60,12 +72,12 @@ impl Table {
     }
 }
 
-/// Whole units, except MB/s with one decimal.
+/// Whole units, except MB/s with one decimal and ratios with two.
 pub fn fmt(v: f64, unit: &str) -> String {
-    if unit == "MB/s" {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.0}")
+    match unit {
+        "MB/s" => format!("{v:.1}"),
+        "x" => format!("{v:.2}"),
+        _ => format!("{v:.0}"),
     }
 }
 
