@@ -52,6 +52,7 @@ fn stage(name: &str, run: &str, needs: &[&str]) -> StageSpec {
         needs: needs.iter().map(|s| s.to_string()).collect(),
         labels: Vec::new(),
         image: None,
+        container: Default::default(),
         env: BTreeMap::new(),
         timeout_ms: None,
         retries: 0,
@@ -70,6 +71,7 @@ fn design_example_parses_to_the_expected_spec() {
 
     let build = StageSpec {
         image: Some("conveyor/builder:local".to_string()),
+        container: Default::default(),
         labels: vec!["linux".to_string()],
         artifacts: vec!["dist/".to_string()],
         timeout_ms: Some(20 * 60 * 1000),

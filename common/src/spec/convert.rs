@@ -483,6 +483,7 @@ fn stage(
         needs,
         labels,
         image,
+        container: ContainerSpec::default(),
         env,
         timeout_ms,
         retries,

@@ -36,8 +36,11 @@ pub struct StageSpec {
     pub needs: Vec<String>,
     /// An agent must carry every one of these labels to take the stage.
     pub labels: Vec<String>,
-    /// Container image (Docker executor, later issue); `None` runs as a host process.
+    /// Container image (Docker executor); `None` runs as a host process.
     pub image: Option<String>,
+    /// How the container runs (only meaningful with `image`).
+    #[serde(default)]
+    pub container: ContainerSpec,
     pub env: BTreeMap<String, String>,
     /// Milliseconds; `None` means no timeout.
     pub timeout_ms: Option<u64>,
@@ -52,6 +55,62 @@ pub struct StageSpec {
     pub on_failure: OnFailure,
     /// Paths the stage produces (recorded; artifact transfer is a later issue).
     pub artifacts: Vec<String>,
+}
+
+/// Options of a stage that runs in a container.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// `image_pull:`; default `if-missing`.
+    pub image_pull: ImagePull,
+    /// `resources.cpus`: CPU limit in cores.
+    pub cpus: Option<f64>,
+    /// `resources.memory` (`256m`, `1g`, bytes): memory limit in bytes.
+    pub memory_bytes: Option<u64>,
+    /// `network:`; default `bridge`.
+    pub network: NetworkMode,
+    /// `user:` such as `1000:1000`; `None` keeps the image's.
+    pub user: Option<String>,
+    /// `docker: true` mounts the agent's Docker socket (the stage can then control the
+    /// agent's engine: a trust decision).
+    pub docker_socket: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImagePull {
+    Never,
+    #[default]
+    IfMissing,
+    Always,
+}
+
+impl ImagePull {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Never => "never",
+            Self::IfMissing => "if-missing",
+            Self::Always => "always",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    None,
+    #[default]
+    Bridge,
+    Host,
+}
+
+impl NetworkMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Bridge => "bridge",
+            Self::Host => "host",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

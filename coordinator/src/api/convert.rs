@@ -54,6 +54,7 @@ pub fn result_to_pb(r: &StageResult) -> pb::StageResult {
         metrics: r.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         cancelled: r.cancelled,
         errors: r.errors.clone(),
+        oom_killed: r.oom_killed,
     }
 }
 
@@ -71,6 +72,7 @@ pub fn result_from_pb(r: pb::StageResult) -> StageResult {
         metrics: r.metrics.into_iter().collect(),
         cancelled: r.cancelled,
         errors: r.errors,
+        oom_killed: r.oom_killed,
     }
 }
 
@@ -206,5 +208,16 @@ pub fn assignment(st: &State, run_id: &str, stage_name: &str, n: u32) -> Option<
             .unwrap_or_default(),
         environment: spec.environment.clone().unwrap_or_default(),
         image: spec.image.clone().unwrap_or_default(),
+        container: spec.image.as_ref().map(|_| {
+            let c = &spec.container;
+            pb::ContainerOptions {
+                image_pull: c.image_pull.as_str().into(),
+                cpus: c.cpus.unwrap_or(0.0),
+                memory_bytes: c.memory_bytes.unwrap_or(0),
+                network: c.network.as_str().into(),
+                user: c.user.clone().unwrap_or_default(),
+                docker_socket: c.docker_socket,
+            }
+        }),
     })
 }

@@ -23,6 +23,7 @@ fn result(acc: Option<f64>, tests: Option<(u32, u32)>) -> StageResult {
             .unwrap_or_default(),
         cancelled: false,
         errors: vec![],
+        oom_killed: false,
     }
 }
 

@@ -27,6 +27,7 @@ fn state_with(
             needs: vec![],
             labels: stage_labels.iter().map(|s| s.to_string()).collect(),
             image: None,
+            container: Default::default(),
             env: Default::default(),
             timeout_ms: timeout,
             retries: 0,

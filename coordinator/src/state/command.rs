@@ -189,6 +189,9 @@ pub struct StageResult {
     pub cancelled: bool,
     #[prost(string, repeated, tag = "6")]
     pub errors: Vec<String>,
+    #[prost(bool, tag = "7")]
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

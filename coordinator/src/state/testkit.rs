@@ -14,6 +14,7 @@ pub fn stage(name: &str, needs: &[&str]) -> StageSpec {
         needs: needs.iter().map(|s| s.to_string()).collect(),
         labels: vec![],
         image: None,
+        container: Default::default(),
         env: BTreeMap::new(),
         timeout_ms: None,
         retries: 0,
@@ -151,6 +152,7 @@ pub fn exit(code: i32) -> StageResult {
         metrics: BTreeMap::new(),
         cancelled: false,
         errors: vec![],
+        oom_killed: false,
     }
 }
 

@@ -5,6 +5,7 @@
 //! The `StartRun` round trip alone is reported too. Then `StartAttempt` and `ReportResult`
 //! (exit 0), outside the clock, free the slot before the next sample.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail, ensure};
@@ -12,7 +13,7 @@ use cd_proto::v1 as pb;
 use cd_proto::v1::agent_message::Kind;
 use tokio::sync::mpsc;
 
-use super::node::BenchEnv;
+use super::node::{self, BenchEnv};
 use super::report::Value;
 use super::stats::{micros, percentile};
 
@@ -27,9 +28,24 @@ type Arrival = (Instant, Result<Option<pb::AgentMessage>, tonic::Status>);
 /// One repetition on a fresh coordinator.
 pub async fn run(env: &BenchEnv, rep: usize, warmup: usize, samples: usize) -> Result<Vec<Value>> {
     let node = env.coordinator(&format!("dispatch-{rep}"))?;
-    let mut c = env.control(&node).await?;
-    cd_tests::apply_pipeline(&mut c, SPEC, &node.dir).await?;
-    let mut agent = node.agent_client(env, AGENT).await?;
+    let values = measure(env, &node.endpoint, &node.dir, "", warmup, samples).await?;
+    node.discard();
+    Ok(values)
+}
+
+/// The measurement against the coordinator at `endpoint` (a single node, or a cluster's
+/// leader); figure names start with `prefix`.
+pub async fn measure(
+    env: &BenchEnv,
+    endpoint: &str,
+    base_dir: &Path,
+    prefix: &str,
+    warmup: usize,
+    samples: usize,
+) -> Result<Vec<Value>> {
+    let mut c = cd_tests::client(endpoint, &env.op).await?;
+    cd_tests::apply_pipeline(&mut c, SPEC, base_dir).await?;
+    let mut agent = node::agent_client(env, endpoint, AGENT).await?;
     // The response arrives once the coordinator registered the agent and counts it connected.
     let mut stream = agent
         .attach(pb::ConnectRequest {
@@ -103,18 +119,29 @@ pub async fn run(env: &BenchEnv, rep: usize, warmup: usize, samples: usize) -> R
         );
     }
     reader.abort();
-    node.discard();
     Ok(vec![
         Value::new(
-            "dispatch p50 (StartRun sent -> Assignment received)",
+            format!("{prefix}dispatch p50 (StartRun sent -> Assignment received)"),
             "µs",
             percentile(&total, 50.0),
         ),
-        Value::new("dispatch p99", "µs", percentile(&total, 99.0)),
-        Value::new("StartRun round trip p50", "µs", percentile(&rtt, 50.0)),
-        Value::new("StartRun round trip p99", "µs", percentile(&rtt, 99.0)),
         Value::new(
-            "Assignment after StartRun reply p50",
+            format!("{prefix}dispatch p99"),
+            "µs",
+            percentile(&total, 99.0),
+        ),
+        Value::new(
+            format!("{prefix}StartRun round trip p50"),
+            "µs",
+            percentile(&rtt, 50.0),
+        ),
+        Value::new(
+            format!("{prefix}StartRun round trip p99"),
+            "µs",
+            percentile(&rtt, 99.0),
+        ),
+        Value::new(
+            format!("{prefix}Assignment after StartRun reply p50"),
             "µs",
             percentile(&after, 50.0),
         ),

@@ -5,6 +5,7 @@
 //! acknowledged as durable). Afterwards the stored log is read back with `FollowLogs`
 //! (follow=false) and must be exactly the N lines printed, in order.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -13,7 +14,7 @@ use cd_proto::v1 as pb;
 use super::node::BenchEnv;
 use super::report::Value;
 
-const AGENT: &str = "bench-logs";
+pub const AGENT: &str = "bench-logs";
 const PIPELINE: &str = "bench-logs";
 /// Line `i` is `i` in 8 digits, a space and 70 zeros: 80 bytes with its newline.
 const SPEC: &str = r#"name: bench-logs
@@ -28,16 +29,36 @@ pub const MAX_LINES: u64 = 99_999_999;
 
 /// One repetition on a fresh coordinator and agent.
 pub async fn run(env: &BenchEnv, rep: usize, lines: u64) -> Result<Vec<Value>> {
+    let mut node = env.coordinator(&format!("logs-{rep}"))?;
+    node.start_agent(env, AGENT).await?;
+    let endpoints = [node.endpoint.clone()];
+    let values = measure(env, &endpoints, &node.dir, "", lines).await?;
+    node.discard();
+    Ok(values)
+}
+
+/// The measurement with agent `AGENT` already connected: runs the stage through the first of
+/// `endpoints` (a single node, or a cluster's leader first), follows the run on any of them.
+/// Figure names start with `prefix`.
+pub async fn measure(
+    env: &BenchEnv,
+    endpoints: &[String],
+    dir: &Path,
+    prefix: &str,
+    lines: u64,
+) -> Result<Vec<Value>> {
     ensure!(
         (1..=MAX_LINES).contains(&lines),
         "--lines must be in 1..={MAX_LINES}"
     );
-    let mut node = env.coordinator(&format!("logs-{rep}"))?;
-    node.start_agent(env, AGENT).await?;
-    let mut c = env.control(&node).await?;
-    cd_tests::apply_pipeline(&mut c, SPEC, &node.dir).await?;
+    let mut c = cd_tests::client(&endpoints[0], &env.op).await?;
+    cd_tests::apply_pipeline(&mut c, SPEC, dir).await?;
     let id = cd_tests::start_run(&mut c, PIPELINE, &[("LINES", &lines.to_string())]).await?;
-    let run = cd_tests::wait_final(&node.endpoint, &env.op, &id, Duration::from_secs(600)).await?;
+    let run =
+        cd_tests::wait_run_any(endpoints, &env.op, &id, Duration::from_secs(600), |r| {
+            r.state != pb::RunState::Running as i32
+        })
+        .await?;
     ensure!(
         run.state == pb::RunState::Succeeded as i32,
         "log run did not succeed: {}",
@@ -67,23 +88,22 @@ pub async fn run(env: &BenchEnv, rep: usize, lines: u64) -> Result<Vec<Value>> {
         .await
         .context("reading the stored log back")?;
     verify(&log, lines)
-        .with_context(|| format!("stored log of run {id} (data dir {})", node.dir.display()))?;
-    node.discard();
+        .with_context(|| format!("stored log of run {id} (data dir {})", dir.display()))?;
 
     let secs = span_ms as f64 / 1000.0;
     Ok(vec![
         Value::new(
-            "logs: lines/s into durable state",
+            format!("{prefix}logs: lines/s into durable state"),
             "lines/s",
             lines as f64 / secs,
         ),
         Value::new(
-            "logs: MB/s (10^6 bytes)",
+            format!("{prefix}logs: MB/s (10^6 bytes)"),
             "MB/s",
             log.len() as f64 / 1e6 / secs,
         ),
         Value::new(
-            "logs: StartAttempt -> ReportResult span",
+            format!("{prefix}logs: StartAttempt -> ReportResult span"),
             "ms",
             span_ms as f64,
         ),
