@@ -573,6 +573,7 @@ pub(crate) mod tests {
                             metrics: [("accuracy".to_string(), 0.93)].into_iter().collect(),
                             cancelled: false,
                             errors: vec![],
+                            oom_killed: false,
                         }),
                         end_reason: String::new(),
                     }],
