@@ -6,6 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::state::command::{AssignStage, AttemptKey, ExpireAttempt};
 use crate::state::{Kind, State};
 
+/// The label agents with a working Docker engine advertise.
+pub const DOCKER_LABEL: &str = "docker";
+
 pub struct PlanInput<'a> {
     pub connected: &'a BTreeSet<String>,
     pub now_ms: i64,
@@ -64,6 +67,8 @@ pub fn plan(st: &State, input: &PlanInput<'_>) -> Vec<Kind> {
             // socket): only agents that renewed their leases lately get new work.
             .filter(|a| a.last_seen_ms + input.lease_ms >= input.now_ms)
             .filter(|a| spec.labels.iter().all(|l| a.labels.contains(l)))
+            // Container stages need an agent with a working Docker engine.
+            .filter(|a| spec.image.is_none() || a.labels.iter().any(|l| l == DOCKER_LABEL))
             .map(|a| {
                 (
                     a,

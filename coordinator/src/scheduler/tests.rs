@@ -234,3 +234,43 @@ fn agents_that_stopped_renewing_get_no_new_work() {
         vec![("a".into(), "x".into()), ("b".into(), "x".into())]
     );
 }
+
+#[test]
+fn container_stages_go_only_to_agents_with_docker() {
+    let mut st = state_with(
+        &[("plain", &[], 4), ("dockerhost", &["docker"], 4)],
+        &[],
+        None,
+    );
+    // Give stage `a` an image, as if the pipeline said `image: busybox:local`.
+    if let Some(p) = st.pipelines.get_mut("p") {
+        p.versions[0].spec.stages[0].image = Some("busybox:local".into());
+    }
+    let c = connected(&["plain", "dockerhost"]);
+    let input = PlanInput {
+        connected: &c,
+        now_ms: 1000,
+        lease_ms: 5_000,
+        may_expire: true,
+        term: 1,
+    };
+    let got = assigned(&plan(&st, &input));
+    assert!(
+        got.contains(&("a".to_string(), "dockerhost".to_string())),
+        "{got:?}"
+    );
+    assert!(
+        !got.iter().any(|(s, agent)| s == "a" && agent == "plain"),
+        "{got:?}"
+    );
+    // Without any Docker agent the container stage waits.
+    let only_plain = connected(&["plain"]);
+    let got = assigned(&plan(
+        &st,
+        &PlanInput {
+            connected: &only_plain,
+            ..input
+        },
+    ));
+    assert!(!got.iter().any(|(s, _)| s == "a"), "{got:?}");
+}

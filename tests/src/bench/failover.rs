@@ -114,7 +114,12 @@ async fn write_loop(
                     .get("cd-leader")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|u| cluster.id_of(u));
-                last = format!("{} {:?}: {}", clients[target].0, status.code(), status.message());
+                last = format!(
+                    "{} {:?}: {}",
+                    clients[target].0,
+                    status.code(),
+                    status.message()
+                );
                 match named {
                     Some(id) if id != dead && (id - 1) as usize != target => {
                         hint.get_or_insert_with(|| t0.elapsed());

@@ -54,11 +54,10 @@ pub async fn measure(
     let mut c = cd_tests::client(&endpoints[0], &env.op).await?;
     cd_tests::apply_pipeline(&mut c, SPEC, dir).await?;
     let id = cd_tests::start_run(&mut c, PIPELINE, &[("LINES", &lines.to_string())]).await?;
-    let run =
-        cd_tests::wait_run_any(endpoints, &env.op, &id, Duration::from_secs(600), |r| {
-            r.state != pb::RunState::Running as i32
-        })
-        .await?;
+    let run = cd_tests::wait_run_any(endpoints, &env.op, &id, Duration::from_secs(600), |r| {
+        r.state != pb::RunState::Running as i32
+    })
+    .await?;
     ensure!(
         run.state == pb::RunState::Succeeded as i32,
         "log run did not succeed: {}",

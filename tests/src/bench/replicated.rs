@@ -13,7 +13,12 @@ use super::stats::percentile;
 use super::{commit, dispatch, load, logs};
 
 /// cluster commit: sequential `ApplyPipeline` of an unchanged spec through the leader.
-pub async fn commit(env: &BenchEnv, rep: usize, warmup: usize, samples: usize) -> Result<Vec<Value>> {
+pub async fn commit(
+    env: &BenchEnv,
+    rep: usize,
+    warmup: usize,
+    samples: usize,
+) -> Result<Vec<Value>> {
     let cluster = BenchCluster::start(env, &format!("cluster-commit-{rep}")).await?;
     let (leader, _) = cluster.leader_first().await?;
     let mut c = cluster.control(leader).await?;
@@ -41,15 +46,18 @@ pub async fn throughput(env: &BenchEnv, rep: usize, load: load::Load) -> Result<
         load,
         move |_| {
             let (url, op) = (url.clone(), op.clone());
-            async move {
-                Ok(ControlServiceClient::new(
-                    node::channel(&url, &op).await?,
-                ))
-            }
+            async move { Ok(ControlServiceClient::new(node::channel(&url, &op).await?)) }
         },
         |mut c: ControlServiceClient<_>| async move {
-            let changed = c.apply_pipeline(commit::request()).await?.into_inner().changed;
-            ensure!(!changed, "re-applying an unchanged spec stored a new version");
+            let changed = c
+                .apply_pipeline(commit::request())
+                .await?
+                .into_inner()
+                .changed;
+            ensure!(
+                !changed,
+                "re-applying an unchanged spec stored a new version"
+            );
             Ok(())
         },
     )
