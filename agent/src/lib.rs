@@ -1,6 +1,7 @@
 //! `cd-agent`: a Conveyor build agent. It holds an `Attach` stream to the coordinator cluster,
-//! runs each assigned stage in a fresh workspace (as a host process for now), ships the output as
-//! numbered log chunks, and reports the result once the log is acknowledged.
+//! runs each assigned stage in a fresh workspace (as a host process, or in a Docker container
+//! when the stage names an image and the agent found a Docker engine at start), ships the output
+//! as numbered log chunks, and reports the result once the log is acknowledged.
 //!
 //! Tasks and their links:
 //!
@@ -41,12 +42,21 @@ pub use cd_common::duration::format_ms;
 pub use config::AgentConfig;
 
 use connection::Connection;
+use executor::Backends;
+use executor::docker::DockerExecutor;
 use executor::process::ProcessExecutor;
 use registry::{AttemptKey, CancelReason, Registry};
 use stage::StageContext;
 
 /// The agent's version, sent with `Attach`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The label an agent advertises when it can run container stages; the coordinator sends stages
+/// with an image only to agents that have it.
+pub const DOCKER_LABEL: &str = "docker";
+
+/// How long the Docker engine gets to answer at start.
+const DOCKER_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -82,7 +92,10 @@ pub async fn run(
         source,
     })?;
     let workspaces = work_dir.join("workspaces");
+    // Containers first: an orphan may still be writing into its workspace.
+    let docker = connect_docker(&config.name, &workspaces).await;
     clear_workspaces(&workspaces)?;
+    let labels = advertised_labels(&config.labels, docker.is_ok());
     let conn = Arc::new(Connection::new(
         &config.name,
         &config.endpoints,
@@ -104,7 +117,7 @@ pub async fn run(
     let ctx = Arc::new(StageContext {
         api: conn.clone(),
         logs,
-        executor: Arc::new(ProcessExecutor::new(&workspaces)),
+        executor: Arc::new(Backends::new(ProcessExecutor::new(&workspaces), docker)),
         registry: registry.clone(),
         slots: Arc::new(Semaphore::new(config.slots as usize)),
         agent: config.name.clone(),
@@ -113,7 +126,7 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let request = ConnectRequest {
         agent: config.name.clone(),
-        labels: config.labels.clone(),
+        labels: labels.clone(),
         slots: config.slots,
         version: VERSION.to_string(),
     };
@@ -127,7 +140,7 @@ pub async fn run(
             .attach_loop(request, dispatch, attach_stop.clone())
             .in_current_span(),
     );
-    info!(agent = %config.name, endpoints = ?config.endpoints, slots = config.slots, "agent started");
+    info!(agent = %config.name, endpoints = ?config.endpoints, slots = config.slots, ?labels, "agent started");
 
     shutdown.await;
     info!("shutting down: cancelling running stages");
@@ -144,6 +157,46 @@ pub async fn run(
     let _ = tokio::join!(attach, heartbeat, shipper);
     info!("agent stopped");
     Ok(())
+}
+
+/// Connects to the local Docker engine and removes the containers a previous run of this agent
+/// left behind. `Err` is the reason container stages cannot run here; it is logged once.
+async fn connect_docker(agent: &str, workspaces: &Path) -> Result<DockerExecutor, String> {
+    match DockerExecutor::connect(agent, workspaces, DOCKER_PROBE_TIMEOUT).await {
+        Ok((docker, engine)) => {
+            info!(
+                version = %engine.version,
+                api = %engine.api_version,
+                "Docker engine available; container stages run here"
+            );
+            match docker.remove_orphans().await {
+                Ok(0) => {}
+                Ok(n) => info!(containers = n, "removed containers left by a previous run"),
+                Err(e) => warn!(error = %e, "cannot remove containers left by a previous run"),
+            }
+            Ok(docker)
+        }
+        Err(why) => {
+            info!("Docker engine unavailable ({why}); container stages will not be scheduled here");
+            Err(why)
+        }
+    }
+}
+
+/// The configured labels, with `docker` added when the engine is usable and dropped when not
+/// (the coordinator must not send container stages to an agent that cannot run them).
+fn advertised_labels(configured: &[String], docker: bool) -> Vec<String> {
+    let mut labels: Vec<String> = configured
+        .iter()
+        .filter(|l| l.as_str() != DOCKER_LABEL)
+        .cloned()
+        .collect();
+    if docker {
+        labels.push(DOCKER_LABEL.to_string());
+    } else if labels.len() < configured.len() {
+        warn!("label {DOCKER_LABEL} dropped: this agent has no usable Docker engine");
+    }
+    labels
 }
 
 /// Handles one message from the assignment stream.
@@ -249,5 +302,13 @@ mod tests {
         assert!(!dir.path().join("workspaces/r1").exists());
         drop(lock);
         assert!(lock_work_dir(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn the_docker_label_follows_the_engine() {
+        let configured = vec!["linux".to_string(), "docker".to_string()];
+        assert_eq!(advertised_labels(&configured, true), ["linux", "docker"]);
+        assert_eq!(advertised_labels(&configured, false), ["linux"]);
+        assert_eq!(advertised_labels(&[], true), ["docker"]);
     }
 }

@@ -14,7 +14,7 @@ use tonic::Code;
 use tracing::{Instrument, debug, error, info, warn};
 
 use crate::connection::{AgentApi, describe, is_refused};
-use crate::executor::{Executor, Exit, StageSpec, Workspace};
+use crate::executor::{ContainerOptions, Executor, Exit, StageSpec, Workspace, oom_message};
 use crate::logship::{AttemptLog, LogError, LogHandle};
 use crate::registry::{AttemptControl, AttemptKey, CancelReason, Registry};
 use crate::reports;
@@ -209,7 +209,11 @@ async fn run_command<A: AgentApi>(
         Ok(execution) => execution,
         Err(e) => return failure(log, started, e.to_string()).await,
     };
-    info!(executor = ctx.executor.name(), "command started");
+    if spec.image.is_empty() {
+        info!("command started as a host process");
+    } else {
+        info!(image = %spec.image, "command started in a container");
+    }
     let timer = (assignment.timeout_ms > 0).then(|| {
         let (control, ms) = (control.clone(), assignment.timeout_ms);
         tokio::spawn(
@@ -248,10 +252,17 @@ async fn run_command<A: AgentApi>(
     let mut result = StageResult {
         exit_code: exit.exit_code(),
         duration_ms: elapsed_ms(started),
+        oom_killed: exit.oom_killed,
         ..Default::default()
     };
     add_reports(&mut result, assignment, ws, log).await;
     log_exit(log, &exit).await;
+    if exit.oom_killed {
+        // A failure even when the shell survived the kill and exited 0.
+        let message = oom_message(spec.container.memory_bytes);
+        log.note(&message).await;
+        result.errors.push(message);
+    }
     result
 }
 
@@ -373,7 +384,8 @@ fn elapsed_ms(started: Instant) -> u64 {
 }
 
 /// The executor's view of an assignment: the assignment's env plus the `CD_*` variables (which
-/// win over assignment values of the same name). `CD_WORKSPACE` is added once it exists.
+/// win over assignment values of the same name). `CD_WORKSPACE` is added once it exists (the
+/// Docker backend points it at the workspace's mount, `/workspace`).
 pub fn stage_spec(assignment: &Assignment, key: &AttemptKey, agent: &str) -> StageSpec {
     let mut env: BTreeMap<String, String> = assignment
         .env
@@ -398,6 +410,18 @@ pub fn stage_spec(assignment: &Assignment, key: &AttemptKey, agent: &str) -> Sta
         env,
         source: (!assignment.source_path.is_empty()).then(|| assignment.source_path.clone().into()),
         image: assignment.image.clone(),
+        container: assignment
+            .container
+            .as_ref()
+            .map(|c| ContainerOptions {
+                image_pull: c.image_pull.clone(),
+                cpus: c.cpus,
+                memory_bytes: c.memory_bytes,
+                network: c.network.clone(),
+                user: c.user.clone(),
+                docker_socket: c.docker_socket,
+            })
+            .unwrap_or_default(),
     }
 }
 

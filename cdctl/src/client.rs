@@ -301,18 +301,26 @@ impl<C: ServiceClient> Conn<C> {
                 return Err(status_error(status, what));
             }
             if let Some(leader) = leader_hint(&status).filter(|leader| *leader != self.endpoint) {
-                if redirects == MAX_REDIRECTS {
+                // Each --endpoint may be visited once more than MAX_REDIRECTS allows: a
+                // leader named by an address this client cannot reach (a peer URL inside a
+                // container network) is then found through the other endpoints.
+                if redirects == MAX_REDIRECTS + self.cfg.endpoints.len() {
                     return Err(status_error_why(
                         status,
                         what,
                         format!(
-                            "still not at the leader after {MAX_REDIRECTS} redirects (last at {})",
+                            "still not at the leader after {redirects} redirects (last at {})",
                             self.endpoint
                         ),
                     ));
                 }
                 redirects += 1;
-                self.move_to_leader(&leader, what).await?;
+                if let Err(err) = self.move_to_leader(&leader, what).await {
+                    if self.cfg.endpoints.len() < 2 {
+                        return Err(err);
+                    }
+                    self.next_endpoint().await?;
+                }
                 continue;
             }
             let since = *waiting_since.get_or_insert_with(Instant::now);

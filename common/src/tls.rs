@@ -33,11 +33,13 @@ impl TlsPaths {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {what} at {path}: {source}")]
+    // The I/O error is part of the message and deliberately not a `source`, so an error
+    // chain printed with `{:#}` does not repeat it.
+    #[error("cannot read {what} at {path}: {error}")]
     Read {
         what: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path} is not a valid PEM {what}: {message}")]
     Invalid {
@@ -102,10 +104,10 @@ fn load(paths: &TlsPaths) -> Result<Files, TlsError> {
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    std::fs::read(path).map_err(|error| TlsError::Read {
         what,
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use cd_common::spec::{
-    GateSpec, MetricGate, OnFailure, PipelineSpec, ReportsSpec, SourceSpec, StageSpec, TestsGate,
-    parse,
+    ContainerSpec, GateSpec, ImagePull, MetricGate, NetworkMode, OnFailure, PipelineSpec,
+    ReportsSpec, SourceSpec, StageSpec, TestsGate, parse,
 };
 
 /// The example from DESIGN.md ("Pipelines"), verbatim.
@@ -293,4 +293,153 @@ stages:
     assert_eq!(b.timeout_ms, Some(600_000));
     assert_eq!(b.retries, 0, "the stage's own value wins");
     assert_eq!(b.env["A"], "1");
+}
+
+/// A stage that sets every container option.
+const CONTAINER_EXAMPLE: &str = r#"name: p
+stages:
+  - name: build
+    image: ghcr.io/acme/builder:1.4
+    image_pull: always
+    resources:
+      cpus: 0.5
+      memory: 256m
+    network: none
+    user: "1000:1000"
+    docker: true
+    run: make build
+  - name: plain
+    image: alpine:3.20
+    run: make test
+"#;
+
+#[test]
+fn container_options_parse_to_the_exact_container_spec() {
+    let spec = parse(CONTAINER_EXAMPLE, "p.yaml").expect("valid");
+    let build = StageSpec {
+        image: Some("ghcr.io/acme/builder:1.4".to_string()),
+        container: ContainerSpec {
+            image_pull: ImagePull::Always,
+            cpus: Some(0.5),
+            memory_bytes: Some(268_435_456),
+            network: NetworkMode::None,
+            user: Some("1000:1000".to_string()),
+            docker_socket: true,
+        },
+        ..stage("build", "make build", &[])
+    };
+    let plain = StageSpec {
+        image: Some("alpine:3.20".to_string()),
+        ..stage("plain", "make test", &[])
+    };
+    assert_eq!(spec.stages, vec![build, plain]);
+    // The defaults a stage with only an image gets.
+    assert_eq!(
+        spec.stages[1].container,
+        ContainerSpec {
+            image_pull: ImagePull::IfMissing,
+            cpus: None,
+            memory_bytes: None,
+            network: NetworkMode::Bridge,
+            user: None,
+            docker_socket: false,
+        }
+    );
+    let json = serde_json::to_string(&spec).expect("serialise");
+    let back: PipelineSpec = serde_json::from_str(&json).expect("deserialise");
+    assert_eq!(back, spec);
+}
+
+#[test]
+fn container_option_values() {
+    let container = |options: &str| {
+        let yaml =
+            format!("name: p\nstages:\n  - name: a\n    image: alpine\n    run: x\n{options}");
+        match parse(&yaml, "p.yaml") {
+            Ok(spec) => spec.stages[0].container.clone(),
+            Err(err) => panic!("{options:?}: {err}"),
+        }
+    };
+    for (memory, bytes) in [
+        ("256m", 268_435_456),
+        ("256M", 268_435_456),
+        ("256Mi", 268_435_456),
+        ("256MiB", 268_435_456),
+        ("1g", 1_073_741_824),
+        ("1.5g", 1_610_612_736),
+        ("0.1g", 107_374_182),
+        ("6291456", 6_291_456),
+        ("\"8388608\"", 8_388_608),
+        ("6m", 6_291_456),
+        ("1t", 1_099_511_627_776),
+        ("1024G", 1_099_511_627_776),
+    ] {
+        let c = container(&format!("    resources: {{ memory: {memory} }}\n"));
+        assert_eq!(c.memory_bytes, Some(bytes), "{memory}");
+        assert_eq!(c.cpus, None);
+    }
+    for (cpus, value) in [
+        ("2", 2.0),
+        ("0.01", 0.01),
+        ("1024", 1024.0),
+        ("\"1.5\"", 1.5),
+    ] {
+        let c = container(&format!("    resources: {{ cpus: {cpus} }}\n"));
+        assert_eq!(c.cpus, Some(value), "{cpus}");
+    }
+    for (word, pull) in [
+        ("never", ImagePull::Never),
+        ("if-missing", ImagePull::IfMissing),
+        ("always", ImagePull::Always),
+    ] {
+        assert_eq!(
+            container(&format!("    image_pull: {word}\n")).image_pull,
+            pull
+        );
+    }
+    for (word, network) in [
+        ("none", NetworkMode::None),
+        ("bridge", NetworkMode::Bridge),
+        ("host", NetworkMode::Host),
+    ] {
+        assert_eq!(
+            container(&format!("    network: {word}\n")).network,
+            network
+        );
+    }
+    for (user, expected) in [
+        ("1000", "1000"),
+        ("\"1000:1000\"", "1000:1000"),
+        ("1000:1000", "1000:1000"),
+        ("app", "app"),
+        ("www-data:staff", "www-data:staff"),
+    ] {
+        let c = container(&format!("    user: {user}\n"));
+        assert_eq!(c.user.as_deref(), Some(expected), "{user}");
+    }
+    assert!(!container("    docker: false\n").docker_socket);
+    assert_eq!(
+        container("    resources: {}\n"),
+        ContainerSpec::default(),
+        "an empty `resources` sets no limits"
+    );
+}
+
+#[test]
+fn image_references_docker_accepts() {
+    let digest = format!("sha256:{}", "0123456789abcdef".repeat(4));
+    for image in [
+        "alpine".to_string(),
+        "alpine:3.20".to_string(),
+        "library/ubuntu:22.04".to_string(),
+        "registry.example.com:5000/team/app:v1.2.3-rc_1".to_string(),
+        "localhost:5000/app".to_string(),
+        format!("alpine@{digest}"),
+        format!("ghcr.io/acme/app:1.4@{digest}"),
+        format!("{}/app", "a".repeat(251)),
+    ] {
+        let yaml = format!("name: p\nstages:\n  - name: a\n    image: \"{image}\"\n    run: x\n");
+        let spec = parse(&yaml, "p.yaml").unwrap_or_else(|e| panic!("{image}: {e}"));
+        assert_eq!(spec.stages[0].image.as_deref(), Some(image.as_str()));
+    }
 }

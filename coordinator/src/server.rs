@@ -83,6 +83,9 @@ impl Coordinator {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<Coordinator, CoordinatorError> {
+        // Unreadable certificates must stop the node before it listens or takes part in
+        // elections.
+        cd_common::tls::server_tls(&cfg.tls).map_err(api::ServeError::from)?;
         let engine = Arc::new(SledEngine::open(&cfg.data_dir.join("sled"))?);
         let advertise = match &cfg.advertise {
             Some(a) => a.clone(),

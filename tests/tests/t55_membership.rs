@@ -167,3 +167,79 @@ async fn removing_the_leader_hands_leadership_over_first() -> anyhow::Result<()>
     assert_ne!(me, "leader");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cdctl_shows_the_cluster_and_moves_leadership() -> anyhow::Result<()> {
+    let c = Cluster::start(3, &[], &[], &[]).await?;
+    let old = c.leader(Duration::from_secs(30)).await?;
+    let out = c
+        .cdctl()
+        .args(["-o", "json", "cluster", "status"])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let nodes = status
+        .as_array()
+        .or_else(|| status["nodes"].as_array())
+        .expect("a list of nodes")
+        .clone();
+    assert_eq!(nodes.len(), 3, "{status}");
+    let leaders: Vec<u64> = nodes
+        .iter()
+        .filter(|n| n["role"] == "leader")
+        .filter_map(|n| n["id"].as_u64())
+        .collect();
+    assert_eq!(leaders, vec![old], "{status}");
+
+    let target = c
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|id| *id != old)
+        .expect("a follower");
+    let moved = c
+        .cdctl()
+        .args(["cluster", "transfer-leader", &target.to_string()])
+        .output()?;
+    assert!(
+        moved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&moved.stderr)
+    );
+    assert_eq!(c.leader(Duration::from_secs(30)).await?, target);
+
+    let digest = c.cdctl().args(["cluster", "digest"]).output()?;
+    assert!(
+        digest.status.success(),
+        "{}",
+        String::from_utf8_lossy(&digest.stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_peer_service_accepts_only_coordinator_certificates() -> anyhow::Result<()> {
+    use cd_proto::raft_v1::MessageBatch;
+    use cd_proto::raft_v1::raft_peer_client::RaftPeerClient;
+    let c = Cluster::start(3, &[], &[], &[]).await?;
+    let leader = c.leader(Duration::from_secs(30)).await?;
+    let cfg = cd_common::tls::client_tls(&c.op, "localhost")?;
+    let ch = tonic::transport::Endpoint::from_shared(c.node(leader).url.clone())?
+        .tls_config(cfg)?
+        .connect()
+        .await?;
+    let err = RaftPeerClient::new(ch)
+        .send(MessageBatch {
+            from: 9,
+            messages: vec![],
+        })
+        .await
+        .expect_err("an operator may not speak Raft");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("coordinator"), "{}", err.message());
+    Ok(())
+}

@@ -1,5 +1,6 @@
-//! The executor abstraction: how a stage's command is run. One trait, several backends: host
-//! processes ([`process::ProcessExecutor`]) now, Docker containers in a later issue.
+//! The executor abstraction: how a stage's command is run. One trait, two backends: host
+//! processes ([`process::ProcessExecutor`]) and Docker containers ([`docker::DockerExecutor`]);
+//! [`Backends`] picks one per stage (an image means a container).
 //!
 //! Lifecycle of one attempt, driven by `stage.rs`:
 //!
@@ -7,9 +8,15 @@
 //! 2. [`Executor::start`] starts the command and returns an [`Execution`];
 //! 3. [`Execution::take_output`] gives the stream of output pieces, and
 //!    [`Execution::wait`] waits for the end, honouring the attempt's cancellation token;
-//! 4. [`Executor::destroy`] removes the workspace.
+//! 4. [`Executor::destroy`] removes the workspace (and the attempt's container).
 
+pub mod docker;
+mod docker_config;
+pub mod lines;
 pub mod process;
+mod select;
+
+pub use select::Backends;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,21 +41,46 @@ pub struct StageSpec {
     pub source: Option<PathBuf>,
     /// Container image; empty for a host process.
     pub image: String,
+    /// How the container runs; only meaningful with `image`.
+    pub container: ContainerOptions,
 }
 
-/// A prepared workspace directory.
+/// The assignment's container options, as sent (`cd.v1.ContainerOptions`); the Docker backend
+/// checks the values and names a bad one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerOptions {
+    /// `never`, `if-missing` or `always`; empty means `if-missing`.
+    pub image_pull: String,
+    /// CPU limit in cores; 0 means none.
+    pub cpus: f64,
+    /// Memory limit in bytes; 0 means none.
+    pub memory_bytes: u64,
+    /// `none`, `bridge` or `host`; empty means `bridge`.
+    pub network: String,
+    /// `uid[:gid]` or a name known to the image; empty keeps the image's user.
+    pub user: String,
+    /// Mount the engine's socket into the container.
+    pub docker_socket: bool,
+}
+
+/// A prepared workspace directory, and the attempt it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workspace {
     path: PathBuf,
+    key: AttemptKey,
 }
 
 impl Workspace {
-    pub fn new(path: PathBuf) -> Self {
-        Self { path }
+    pub fn new(path: PathBuf, key: AttemptKey) -> Self {
+        Self { path, key }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn key(&self) -> &AttemptKey {
+        &self.key
     }
 }
 
@@ -75,6 +107,8 @@ pub struct Exit {
     pub signal: Option<i32>,
     /// Whether the executor stopped it because the cancellation token fired.
     pub terminated: bool,
+    /// Whether the kernel's OOM killer killed a process of it (a container's memory limit).
+    pub oom_killed: bool,
 }
 
 impl Exit {
@@ -107,6 +141,37 @@ pub enum ExecError {
     Wait(std::io::Error),
     #[error("{0}")]
     Unsupported(String),
+    #[error("{0}")]
+    Docker(String),
+}
+
+/// The error reported for a stage the OOM killer hit: `killed by the OOM killer (memory limit
+/// 64 MiB)`.
+pub fn oom_message(memory_bytes: u64) -> String {
+    if memory_bytes == 0 {
+        "killed by the OOM killer".to_string()
+    } else {
+        format!(
+            "killed by the OOM killer (memory limit {})",
+            format_bytes(memory_bytes)
+        )
+    }
+}
+
+/// `64 MiB`, `1.5 GiB`, `1000 bytes`: binary units, at most one decimal.
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (size, unit) in UNITS {
+        if bytes >= size {
+            let tenths = (bytes as u128 * 10 + size as u128 / 2) / size as u128;
+            return if tenths % 10 == 0 {
+                format!("{} {unit}", tenths / 10)
+            } else {
+                format!("{}.{} {unit}", tenths / 10, tenths % 10)
+            };
+        }
+    }
+    format!("{bytes} bytes")
 }
 
 /// Runs stages. One executor value is shared by every stage task of the agent.
@@ -133,7 +198,7 @@ pub trait Executor: Send + Sync + 'static {
         workspace: &'a Workspace,
     ) -> BoxFuture<'a, Result<Box<dyn Execution>, ExecError>>;
 
-    /// Removes the workspace and anything the attempt left behind.
+    /// Removes the workspace and anything the attempt left behind (its container).
     fn destroy(&self, workspace: Workspace) -> BoxFuture<'_, Result<(), ExecError>>;
 }
 
@@ -151,4 +216,21 @@ pub trait Execution: Send {
         cancel: CancellationToken,
         grace: Duration,
     ) -> BoxFuture<'static, Result<Exit, ExecError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_messages_name_the_limit_in_binary_units() {
+        assert_eq!(
+            oom_message(64 << 20),
+            "killed by the OOM killer (memory limit 64 MiB)"
+        );
+        assert_eq!(format_bytes(3 << 29), "1.5 GiB");
+        assert_eq!(format_bytes(6 * 1024 * 1024 + 1), "6 MiB");
+        assert_eq!(format_bytes(1000), "1000 bytes");
+        assert_eq!(oom_message(0), "killed by the OOM killer");
+    }
 }

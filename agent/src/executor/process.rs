@@ -21,13 +21,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, warn};
 
+use super::lines::LineBuffer;
 use super::{
     ExecError, Execution, Executor, Exit, OutputPiece, OutputStream, StageSpec, Workspace,
 };
 use crate::registry::AttemptKey;
 
-/// Largest output piece handed to the log (an over-long line is split).
-const MAX_PIECE: usize = 32 * 1024;
 /// Output pieces buffered between the pipe readers and the stage task.
 const OUTPUT_QUEUE: usize = 64;
 /// How long output may stay open after the process group is gone (a process that left the group
@@ -66,9 +65,9 @@ impl Executor for ProcessExecutor {
 
     fn prepare<'a>(&'a self, spec: &'a StageSpec) -> BoxFuture<'a, Result<Workspace, ExecError>> {
         let path = self.workspace_path(&spec.key);
-        let source = spec.source.clone();
+        let (source, key) = (spec.source.clone(), spec.key.clone());
         Box::pin(async move {
-            let task = tokio::task::spawn_blocking(move || prepare_blocking(path, source));
+            let task = tokio::task::spawn_blocking(move || prepare_blocking(path, source, key));
             task.await.map_err(|e| ExecError::Workspace {
                 path: PathBuf::new(),
                 message: e.to_string(),
@@ -131,7 +130,11 @@ fn path_component(name: &str) -> String {
     out
 }
 
-fn prepare_blocking(path: PathBuf, source: Option<PathBuf>) -> Result<Workspace, ExecError> {
+fn prepare_blocking(
+    path: PathBuf,
+    source: Option<PathBuf>,
+    key: AttemptKey,
+) -> Result<Workspace, ExecError> {
     let ws_err = |message: String| ExecError::Workspace {
         path: path.clone(),
         message,
@@ -148,7 +151,7 @@ fn prepare_blocking(path: PathBuf, source: Option<PathBuf>) -> Result<Workspace,
             message,
         })?;
     }
-    Ok(Workspace::new(path))
+    Ok(Workspace::new(path, key))
 }
 
 fn copy_source(source: &Path, dest: &Path) -> Result<(), String> {
@@ -338,6 +341,7 @@ impl Execution for ProcessExecution {
                 code: status.code(),
                 signal: status.signal(),
                 terminated,
+                oom_killed: false,
             })
         })
     }
@@ -371,8 +375,7 @@ async fn drain(readers: Vec<JoinHandle<()>>, stop: CancellationToken) {
     }
 }
 
-/// Reads one pipe and sends whole lines (several per piece when they arrive together). A
-/// partial final line is sent at the end; an over-long line is split at `MAX_PIECE`.
+/// Reads one pipe and sends its output as [`LineBuffer`] pieces.
 async fn pump<R: AsyncRead + Unpin>(
     mut pipe: R,
     stream: OutputStream,
@@ -380,7 +383,7 @@ async fn pump<R: AsyncRead + Unpin>(
     stop: CancellationToken,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
-    let mut line: Vec<u8> = Vec::new();
+    let mut lines = LineBuffer::default();
     let mut after_stop = 0usize;
     let mut receiver_gone = false;
     loop {
@@ -402,34 +405,17 @@ async fn pump<R: AsyncRead + Unpin>(
                 break;
             }
         }
-        let data = &buf[..n];
-        let mut ready = Vec::new();
-        match data.iter().rposition(|&b| b == b'\n') {
-            Some(end) => {
-                line.extend_from_slice(&data[..=end]);
-                let mut whole = std::mem::take(&mut line);
-                while whole.len() > MAX_PIECE {
-                    let rest = whole.split_off(MAX_PIECE);
-                    ready.push(std::mem::replace(&mut whole, rest));
-                }
-                ready.push(whole);
-                line.extend_from_slice(&data[end + 1..]);
-            }
-            None => line.extend_from_slice(data),
-        }
-        while line.len() >= MAX_PIECE {
-            let rest = line.split_off(MAX_PIECE);
-            ready.push(std::mem::replace(&mut line, rest));
-        }
-        for data in ready {
+        for data in lines.push(&buf[..n]) {
             if !receiver_gone && tx.send(OutputPiece { stream, data }).await.is_err() {
                 // Nobody listens; keep reading so the command does not block on a full pipe.
                 receiver_gone = true;
             }
         }
     }
-    if !line.is_empty() && !receiver_gone {
-        let _ = tx.send(OutputPiece { stream, data: line }).await;
+    if let Some(data) = lines.finish()
+        && !receiver_gone
+    {
+        let _ = tx.send(OutputPiece { stream, data }).await;
     }
 }
 

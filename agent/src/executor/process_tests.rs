@@ -1,6 +1,7 @@
 //! Process executor tests with real `sh` processes.
 
 use super::*;
+use crate::executor::lines::MAX_PIECE;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -28,6 +29,7 @@ fn spec(stage: &str, command: &str) -> StageSpec {
         env,
         source: None,
         image: String::new(),
+        container: Default::default(),
     }
 }
 

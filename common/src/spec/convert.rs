@@ -1,10 +1,16 @@
 //! Turns the YAML tree into spec types, checking each field on its own: known field names,
-//! types, name and path rules, durations and numeric ranges. Rules that relate stages to each
-//! other live in `validate`. Every failure names the node it is about so `parse` can find the
-//! line, and the field as a path from the document root (see `SpecError::field`).
+//! types, name and path rules, durations and numeric ranges, and a stage's container options
+//! (image reference, `image_pull`, `resources`, `network`, `user`, `docker`; the value rules
+//! are in `container`), which are refused on a stage without an `image`. Rules that relate
+//! stages to each other live in `validate`. Every failure names the node it is about so
+//! `parse` can find the line, and the field as a path from the document root (see
+//! `SpecError::field`).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
+use super::container::{
+    self, MAX_CPUS, MAX_MEMORY_BYTES, MIN_CPUS, MIN_MEMORY_BYTES, describe_bytes,
+};
 use super::node::{Kind, Node};
 use super::types::*;
 use crate::duration::parse_duration_ms;
@@ -65,6 +71,11 @@ const STAGE_FIELDS: &[&str] = &[
     "needs",
     "labels",
     "image",
+    "image_pull",
+    "resources",
+    "network",
+    "user",
+    "docker",
     "env",
     "timeout",
     "retries",
@@ -75,6 +86,9 @@ const STAGE_FIELDS: &[&str] = &[
     "on_failure",
     "artifacts",
 ];
+/// Stage fields that configure the container, so need `image`.
+const CONTAINER_FIELDS: &[&str] = &["image_pull", "resources", "network", "user", "docker"];
+const RESOURCE_FIELDS: &[&str] = &["cpus", "memory"];
 const REPORT_FIELDS: &[&str] = &["junit", "metrics"];
 const GATE_FIELDS: &[&str] = &["tests", "metrics", "approvals"];
 const TESTS_FIELDS: &[&str] = &["from", "min_pass_rate"];
@@ -211,6 +225,31 @@ impl<'a> Field<'a> {
             Some(problem) => Err(self.fail(problem)),
             None => Ok(s.to_string()),
         }
+    }
+
+    fn boolean(&self) -> R<bool> {
+        match &self.value.kind {
+            Kind::Bool(b) => Ok(*b),
+            _ => Err(self.expected("`true` or `false`")),
+        }
+    }
+
+    /// One of a fixed set of words, e.g. `network: host`.
+    fn choice<T: Copy>(&self, options: &[(&str, T)]) -> R<T> {
+        let found = match &self.value.kind {
+            Kind::Str(s) => match options.iter().find(|(word, _)| word == s) {
+                Some((_, value)) => return Ok(*value),
+                None => format!("`{s}`"),
+            },
+            other => other.describe_value(),
+        };
+        let words: Vec<String> = options.iter().map(|(w, _)| format!("`{w}`")).collect();
+        let expected = match words.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        Err(self.fail(format!("expected {expected}, found {found}")))
     }
 
     fn number(&self) -> R<f64> {
@@ -420,6 +459,8 @@ fn env(
     Ok(out)
 }
 
+/// One item of `stages`: its fields checked against [`STAGE_FIELDS`], the image reference
+/// and container options included (see [`container_spec`]), plus the node ids `validate` needs.
 fn stage(
     node: &Node,
     index: usize,
@@ -446,7 +487,8 @@ fn stage(
         Some(f) => f.strings(label_problem)?.0,
         None => Vec::new(),
     };
-    let image = fields.get("image").map(|f| f.non_empty()).transpose()?;
+    let image = fields.get("image").map(|f| image(&f)).transpose()?;
+    let container = container_spec(&fields, image.is_some())?;
     let env = match fields.get("env") {
         Some(f) => env(&f, Some(index), raw_env)?,
         None => BTreeMap::new(),
@@ -483,7 +525,7 @@ fn stage(
         needs,
         labels,
         image,
-        container: ContainerSpec::default(),
+        container,
         env,
         timeout_ms,
         retries,
@@ -495,6 +537,130 @@ fn stage(
         artifacts,
     };
     Ok((stage, ids))
+}
+
+/// `image:`, checked as a Docker image reference (see `container::image_problem`).
+fn image(field: &Field) -> R<String> {
+    let s = field.string()?;
+    match container::image_problem(s) {
+        Some(problem) => Err(field.fail(problem)),
+        None => Ok(s.to_string()),
+    }
+}
+
+/// The container options of a stage (its `image_pull`, `resources`, `network`, `user` and
+/// `docker` fields); unset ones keep `ContainerSpec::default()`. Each is refused, at its key,
+/// on a stage without an `image`, since a host process has no container to configure.
+fn container_spec(fields: &Fields, has_image: bool) -> R<ContainerSpec> {
+    if !has_image
+        && let Some(name) = CONTAINER_FIELDS.iter().find(|n| fields.get(n).is_some())
+        && let Some(field) = fields.get(name)
+    {
+        return Err(fail(
+            field.key,
+            &field.path,
+            format!(
+                "`{name}` applies only to stages with an `image` (without one the stage runs \
+                 as a host process)"
+            ),
+        ));
+    }
+    let mut spec = ContainerSpec::default();
+    if let Some(f) = fields.get("image_pull") {
+        spec.image_pull = f.choice(&[
+            ("never", ImagePull::Never),
+            ("if-missing", ImagePull::IfMissing),
+            ("always", ImagePull::Always),
+        ])?;
+    }
+    if let Some(f) = fields.get("resources") {
+        let resources = Fields::new(f.value, &f.path, RESOURCE_FIELDS)?;
+        spec.cpus = resources.get("cpus").map(|f| cpus(&f)).transpose()?;
+        spec.memory_bytes = resources.get("memory").map(|f| memory(&f)).transpose()?;
+    }
+    if let Some(f) = fields.get("network") {
+        spec.network = f.choice(&[
+            ("none", NetworkMode::None),
+            ("bridge", NetworkMode::Bridge),
+            ("host", NetworkMode::Host),
+        ])?;
+    }
+    if let Some(f) = fields.get("user") {
+        spec.user = Some(user(&f)?);
+    }
+    if let Some(f) = fields.get("docker") {
+        spec.docker_socket = f.boolean()?;
+    }
+    Ok(spec)
+}
+
+/// `resources.cpus`: a number of cores (or a string holding one, as Compose files write it)
+/// from [`MIN_CPUS`] to [`MAX_CPUS`].
+fn cpus(field: &Field) -> R<f64> {
+    let cpus = match &field.value.kind {
+        Kind::Int(i) => *i as f64,
+        Kind::Float(f) => *f,
+        Kind::Str(s) => container::parse_cpus_text(s)
+            .ok_or_else(|| field.expected("a number of CPU cores such as `2` or `0.5`"))?,
+        _ => return Err(field.expected("a number of CPU cores such as `2` or `0.5`")),
+    };
+    if !cpus.is_finite() {
+        return Err(field.fail("must be a finite number"));
+    }
+    if !(MIN_CPUS..=MAX_CPUS).contains(&cpus) {
+        return Err(field.fail(format!(
+            "must be between {MIN_CPUS} (the smallest CPU limit Docker applies) and \
+             {MAX_CPUS}, found {cpus}"
+        )));
+    }
+    Ok(cpus)
+}
+
+/// `resources.memory`: bytes as a whole number, or a size such as `256m` or `1.5g` (see
+/// `container::parse_size`), from [`MIN_MEMORY_BYTES`] to [`MAX_MEMORY_BYTES`].
+fn memory(field: &Field) -> R<u64> {
+    let expected = "a size such as `256m` or `1.5g`, or a whole number of bytes";
+    let bytes = match &field.value.kind {
+        Kind::Int(i) if *i < 0 => {
+            return Err(field.fail(format!("must not be negative, found {i}")));
+        }
+        Kind::Int(i) => u64::try_from(*i).unwrap_or(u64::MAX),
+        Kind::Float(f) if *f < 0.0 => {
+            return Err(field.fail(format!("must not be negative, found {f}")));
+        }
+        Kind::Float(f) if f.is_finite() && f.fract() == 0.0 => *f as u64,
+        Kind::Str(s) => container::parse_size(s).map_err(|message| field.fail(message))?,
+        _ => return Err(field.expected(expected)),
+    };
+    if bytes < MIN_MEMORY_BYTES {
+        return Err(field.fail(format!(
+            "must be at least {}, the smallest memory limit Docker accepts; found {}",
+            describe_bytes(MIN_MEMORY_BYTES),
+            describe_bytes(bytes)
+        )));
+    }
+    if bytes > MAX_MEMORY_BYTES {
+        return Err(field.fail(format!(
+            "must be at most {}, found {}",
+            describe_bytes(MAX_MEMORY_BYTES),
+            describe_bytes(bytes)
+        )));
+    }
+    Ok(bytes)
+}
+
+/// `user:`: a name or uid with an optional group (see `container::user_problem`); a bare
+/// number such as `1000` is taken as a uid.
+fn user(field: &Field) -> R<String> {
+    let user = match &field.value.kind {
+        Kind::Str(s) => s.clone(),
+        Kind::Int(i) if *i >= 0 => i.to_string(),
+        _ => return Err(field.expected("a user such as `1000:1000` or `app`")),
+    };
+    match container::user_problem(&user) {
+        Some(problem) => Err(field.fail(problem)),
+        None => Ok(user),
+    }
 }
 
 fn label_problem(label: &str) -> Option<String> {

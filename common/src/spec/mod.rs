@@ -5,12 +5,36 @@
 //! (`validate`). A failure names a node id; its line is found by re-reading the text with
 //! `yaml_serde` and stopping at that node, whose error `yaml_serde` stamps with the node's
 //! line (see `node`). Alias expansion is bounded while the tree is built.
+//!
+//! A stage with an `image` runs in a container (Docker executor) and may set these options,
+//! which land in [`StageSpec::container`]; on a stage without `image` each of them is an
+//! error:
+//!
+//! ```yaml
+//! - name: build
+//!   image: ghcr.io/acme/builder:1.4     # [host[:port]/]path[:tag][@sha256:<64 hex>]
+//!   image_pull: always                  # never | if-missing (default) | always
+//!   resources:
+//!     cpus: 1.5                         # 0.01 ..= 1024 cores
+//!     memory: 2g                        # bytes, or k/m/g/t (binary; `Mi`, `MiB` too): 6m ..= 1t
+//!   network: none                       # none | bridge (default) | host
+//!   user: "1000:1000"                   # name or uid, optional :group or :gid
+//!   docker: true                        # mount the agent's Docker socket (default false)
+//!   run: make build
+//! ```
+//!
+//! The image reference and these values follow Docker's own rules (see `container`), so an
+//! accepted stage is one the executor can start.
 
+mod container;
 mod convert;
 mod node;
 mod types;
 mod validate;
 
+pub use container::{
+    MAX_CPUS, MAX_IMAGE_NAME_LEN, MAX_MEMORY_BYTES, MAX_USER_LEN, MIN_CPUS, MIN_MEMORY_BYTES,
+};
 pub use convert::MAX_RETRIES;
 pub use types::*;
 
@@ -37,7 +61,9 @@ pub struct SpecError {
     pub message: String,
 }
 
-/// Parses and validates a pipeline file.
+/// Parses and validates a pipeline file: every field's type and value (including a stage's
+/// image reference and container options, which need `image`), then the rules between
+/// stages. The first problem found is returned as a [`SpecError`].
 pub fn parse(yaml: &str, file_name: &str) -> Result<PipelineSpec, SpecError> {
     let error = |line: usize, field: &str, message: String| SpecError {
         file: file_name.to_string(),

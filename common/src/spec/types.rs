@@ -1,7 +1,7 @@
 //! The validated pipeline spec: what `parse` returns and what the coordinator stores.
 //!
-//! These types are already checked (names, needs, durations, gates); code that holds one may
-//! rely on every invariant `validate` enforces. They serialise with serde for state snapshots.
+//! These types are already checked (names, needs, durations, gates, image references and
+//! container options); code that holds one may rely on every invariant `parse` enforces. They serialise with serde for state snapshots.
 
 use std::collections::BTreeMap;
 
@@ -36,9 +36,11 @@ pub struct StageSpec {
     pub needs: Vec<String>,
     /// An agent must carry every one of these labels to take the stage.
     pub labels: Vec<String>,
-    /// Container image (Docker executor); `None` runs as a host process.
+    /// Container image (Docker executor); `None` runs as a host process. A valid Docker
+    /// reference: `[host[:port]/]path[:tag][@digest]`, lowercase path.
     pub image: Option<String>,
-    /// How the container runs (only meaningful with `image`).
+    /// How the container runs. Always the default when `image` is `None` (the spec refuses
+    /// container options on a stage without `image`).
     #[serde(default)]
     pub container: ContainerSpec,
     pub env: BTreeMap<String, String>,
@@ -62,13 +64,22 @@ pub struct StageSpec {
 pub struct ContainerSpec {
     /// `image_pull:`; default `if-missing`.
     pub image_pull: ImagePull,
-    /// `resources.cpus`: CPU limit in cores.
+    /// `resources.cpus`: CPU limit in cores, within [`MIN_CPUS`, `MAX_CPUS`] (0.01 to 1024).
+    ///
+    /// [`MIN_CPUS`]: super::MIN_CPUS
+    /// [`MAX_CPUS`]: super::MAX_CPUS
     pub cpus: Option<f64>,
-    /// `resources.memory` (`256m`, `1g`, bytes): memory limit in bytes.
+    /// `resources.memory` (`256m`, `1.5g`, `512Mi`, bytes; binary units): memory limit in
+    /// bytes, within [`MIN_MEMORY_BYTES`, `MAX_MEMORY_BYTES`] (6 MiB, Docker's smallest, to
+    /// 1 TiB).
+    ///
+    /// [`MIN_MEMORY_BYTES`]: super::MIN_MEMORY_BYTES
+    /// [`MAX_MEMORY_BYTES`]: super::MAX_MEMORY_BYTES
     pub memory_bytes: Option<u64>,
     /// `network:`; default `bridge`.
     pub network: NetworkMode,
-    /// `user:` such as `1000:1000`; `None` keeps the image's.
+    /// `user:` such as `1000:1000` or `app`; `None` keeps the image's. Matches
+    /// `[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?`, at most 64 characters.
     pub user: Option<String>,
     /// `docker: true` mounts the agent's Docker socket (the stage can then control the
     /// agent's engine: a trust decision).

@@ -116,9 +116,23 @@ fn auto_rollback(state: &mut State, run_id: &str, stage: &str, at: i64, events: 
     let Some(run) = state.runs.get(run_id) else {
         return;
     };
+    // Only the nearest deploying stages upstream: a failed production check rolls production
+    // back, not the staging deployment that came before it.
     let ups = flow::upstream(&state.pipelines, run, stage);
-    let envs: Vec<String> = ups
+    let deploying: Vec<&String> = ups
         .iter()
+        .filter(|s| {
+            state
+                .stage_spec(run, s)
+                .is_some_and(|sp| sp.environment.is_some())
+        })
+        .collect();
+    let nearest = deploying.iter().filter(|s| {
+        !deploying
+            .iter()
+            .any(|other| other != *s && flow::upstream(&state.pipelines, run, other).contains(**s))
+    });
+    let envs: Vec<String> = nearest
         .filter_map(|s| state.stage_spec(run, s)?.environment.clone())
         .filter(|env| current(&state.deployments, env).is_some_and(|d| d.run_id == run_id))
         .collect();

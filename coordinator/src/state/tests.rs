@@ -429,3 +429,45 @@ fn snapshots_round_trip() {
     assert_eq!(State::from_snapshot(&bytes).expect("decodes"), k.state);
     assert!(State::from_snapshot(b"{").is_err());
 }
+
+#[test]
+fn a_failed_monitor_rolls_back_only_the_nearest_environment() {
+    // build -> deploy-staging -> deploy -> monitor(rollback): staging is upstream too, but
+    // only production (the nearest deploying stage) is rolled back.
+    let mut spec = ml_pipeline(0);
+    let mut staging = stage("deploy-staging", &["build"]);
+    staging.environment = Some("staging".into());
+    spec.stages.insert(1, staging);
+    spec.stages[2].needs = vec!["deploy-staging".into()];
+    let mut k = Kit::new(&spec);
+    let full = [
+        ("build", exit(0)),
+        ("deploy-staging", exit(0)),
+        ("acceptance", with_accuracy(0.95)),
+        ("deploy", exit(0)),
+    ];
+    let first = k.start_run("ml");
+    for (s, r) in full.clone() {
+        k.run_stage(&first, s, "a1", r);
+    }
+    k.run_stage(&first, "monitor", "a1", exit(0));
+    let second = k.start_run("ml");
+    for (s, r) in full {
+        k.run_stage(&second, s, "a1", r);
+    }
+    k.run_stage(&second, "monitor", "a1", exit(1));
+    let rollbacks: Vec<&Run> = k
+        .state
+        .runs
+        .values()
+        .filter(|r| r.kind == RunKind::Rollback)
+        .collect();
+    assert_eq!(rollbacks.len(), 1, "{rollbacks:?}");
+    assert_eq!(
+        rollbacks[0]
+            .rollback
+            .as_ref()
+            .map(|p| p.environment.as_str()),
+        Some("production")
+    );
+}

@@ -2,10 +2,10 @@
 //! node has its own data dir and a fixed port (picked free at start, kept across restarts so
 //! `--initial-cluster` stays true), and one CA for the run. Every process is killed on drop.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, ensure};
+use anyhow::{Context, Result, ensure};
 use cd_common::certs::Role;
 use cd_common::tls::TlsPaths;
 use cd_proto::v1 as pb;
@@ -231,19 +231,6 @@ impl BenchCluster {
         self.agents.push(agent);
         let leader = self.leader(Duration::from_secs(30)).await?;
         node::wait_agent(self.control(leader).await?, name, &log).await
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-
-    /// The coordinator log of node `id` (for failure messages).
-    pub fn log_path(&self, id: u64) -> Result<PathBuf> {
-        self.nodes
-            .iter()
-            .find(|n| n.id == id)
-            .map(|n| n.dir.join("coordinator.log"))
-            .ok_or_else(|| anyhow!("no node {id}"))
     }
 
     /// Stops everything and removes the data dirs (after a measurement succeeded; a failed

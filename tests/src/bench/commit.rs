@@ -16,7 +16,6 @@ use super::stats::{micros, percentile};
 
 const SPEC: &str = "name: bench-commit\nstages:\n  - name: noop\n    run: \"true\"\n";
 
-pub const PIPELINE: &str = "bench-commit";
 pub const FILE: &str = "bench-commit.yaml";
 
 pub fn request() -> pb::ApplyPipelineRequest {

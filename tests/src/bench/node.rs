@@ -111,15 +111,6 @@ impl Node {
         let c = env.control(self).await?;
         wait_agent(c, name, &log).await
     }
-
-    /// A client of the agent API holding `name`'s agent certificate.
-    pub async fn agent_client(
-        &self,
-        env: &BenchEnv,
-        name: &str,
-    ) -> Result<AgentServiceClient<Channel>> {
-        agent_client(env, &self.endpoint, name).await
-    }
 }
 
 /// A client of the agent API at `endpoint` holding `name`'s agent certificate.
