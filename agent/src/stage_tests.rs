@@ -6,7 +6,11 @@ use std::collections::HashMap;
 use cd_proto::v1::{AttemptRef, Reports, TestCounts};
 use tokio_util::sync::CancellationToken;
 
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+
 use crate::executor::process::ProcessExecutor;
+use crate::executor::{ExecError, Execution, OutputPiece};
 use crate::logship::{self, LogConfig};
 use crate::test_support::FakeApi;
 
@@ -20,6 +24,11 @@ struct Harness {
 }
 
 fn harness() -> Harness {
+    let root = tempfile::tempdir().expect("tempdir");
+    harness_with(Arc::new(ProcessExecutor::new(root.path())), root)
+}
+
+fn harness_with(executor: Arc<dyn Executor>, root: tempfile::TempDir) -> Harness {
     let api = Arc::new(FakeApi::default());
     let stop = CancellationToken::new();
     let config = LogConfig {
@@ -29,11 +38,10 @@ fn harness() -> Harness {
         ..Default::default()
     };
     let (logs, _task) = logship::spawn(api.clone(), config, stop.clone());
-    let root = tempfile::tempdir().expect("tempdir");
     let ctx = Arc::new(StageContext {
         api: api.clone(),
         logs,
-        executor: Arc::new(ProcessExecutor::new(root.path())),
+        executor,
         registry: Arc::new(Registry::new()),
         slots: Arc::new(Semaphore::new(2)),
         agent: "agent-1".into(),
@@ -304,4 +312,74 @@ fn error_lists_are_bounded() {
     assert_eq!(errors.len(), MAX_ERRORS);
     assert!(errors[0].len() <= MAX_ERROR_BYTES + 3);
     assert_eq!(errors[MAX_ERRORS - 1], "... and 11 more errors");
+}
+
+/// An executor whose command ends at once with a given exit, as a container backend reports it.
+struct Ends(Exit, ProcessExecutor);
+
+struct Ended(Exit);
+
+impl Executor for Ends {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+    fn prepare<'a>(&'a self, spec: &'a StageSpec) -> BoxFuture<'a, Result<Workspace, ExecError>> {
+        self.1.prepare(spec)
+    }
+    fn start<'a>(
+        &'a self,
+        _spec: &'a StageSpec,
+        _workspace: &'a Workspace,
+    ) -> BoxFuture<'a, Result<Box<dyn Execution>, ExecError>> {
+        let exit = self.0;
+        Box::pin(async move { Ok(Box::new(Ended(exit)) as Box<dyn Execution>) })
+    }
+    fn destroy(&self, workspace: Workspace) -> BoxFuture<'_, Result<(), ExecError>> {
+        self.1.destroy(workspace)
+    }
+}
+
+impl Execution for Ended {
+    fn take_output(&mut self) -> Option<mpsc::Receiver<OutputPiece>> {
+        None
+    }
+    fn wait(
+        self: Box<Self>,
+        _cancel: CancellationToken,
+        _grace: Duration,
+    ) -> BoxFuture<'static, Result<Exit, ExecError>> {
+        let exit = self.0;
+        Box::pin(async move { Ok(exit) })
+    }
+}
+
+#[tokio::test]
+async fn an_oom_kill_fails_the_stage_naming_the_memory_limit() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let oom = Exit {
+        code: Some(0),
+        signal: None,
+        terminated: false,
+        oom_killed: true,
+    };
+    let h = harness_with(Arc::new(Ends(oom, ProcessExecutor::new(root.path()))), root);
+    let mut a = assignment("hog", "irrelevant");
+    a.image = "busybox:1".into();
+    a.container = Some(cd_proto::v1::ContainerOptions {
+        memory_bytes: 64 << 20,
+        ..Default::default()
+    });
+    let (key, _) = h.run(a).await;
+    let result = h.result(&key);
+    assert!(result.oom_killed);
+    assert_eq!(result.exit_code, 0, "the shell survived the kill");
+    assert_eq!(
+        result.errors,
+        ["killed by the OOM killer (memory limit 64 MiB)"]
+    );
+    assert!(
+        h.api
+            .log_text(&key)
+            .contains("killed by the OOM killer (memory limit 64 MiB)")
+    );
 }

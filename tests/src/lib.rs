@@ -665,4 +665,5 @@ impl Single {
 }
 
 pub mod cluster;
+pub mod docker;
 pub mod netns;

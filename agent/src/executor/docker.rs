@@ -2,9 +2,12 @@
 //! with the attempt's workspace (made exactly as for a host process) bind-mounted at
 //! `/workspace`.
 //!
-//! The container is the unit of control. Its output is followed through the engine's log API
-//! (stdout and stderr cut into the same pieces as a host process's pipes); its end is the
-//! engine's `wait`, and the exit code and the OOM killer's verdict come from inspecting it.
+//! The container is the unit of control. Its output is read by attaching to it before it starts
+//! (the engine connects the streams before it answers the attach, so nothing is missed; following
+//! the log API instead can lose the last lines of a short-lived container on engines such as
+//! 20.10), and cut into the same pieces as a host process's pipes. A slow reader holds the
+//! container's writes back, as a pipe would. Its end is the engine's `wait`; the exit code and
+//! the OOM killer's verdict come from inspecting it.
 //! Cancellation is the engine's `stop` with the kill grace as timeout (the image's stop signal,
 //! SIGTERM by default, then SIGKILL). Every container carries `conveyor.*` labels naming the
 //! agent and attempt: `destroy` removes what is left of an attempt by those labels, and an agent
@@ -14,12 +17,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
-use bollard::models::ContainerStateStatusEnum;
 use bollard::query_parameters::{
-    CreateImageOptions, KillContainerOptions, ListContainersOptions, LogsOptions,
-    RemoveContainerOptions, StopContainerOptions,
+    AttachContainerOptions, CreateImageOptions, ListContainersOptions,
 };
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -29,24 +29,22 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
+use super::docker_calls::{describe, final_state, read_output, remove, short, stop, wait_stopped};
 use super::docker_config::{self, LABEL_AGENT, Pull};
-use super::lines::LineBuffer;
 use super::process::ProcessExecutor;
-use super::{
-    ExecError, Execution, Executor, Exit, OutputPiece, OutputStream, StageSpec, Workspace,
-};
+use super::{ExecError, Execution, Executor, Exit, OutputPiece, StageSpec, Workspace};
 use crate::format_ms;
 
-/// Output pieces buffered between the log follower and the stage task.
+/// Output pieces buffered between the output reader and the stage task.
 const OUTPUT_QUEUE: usize = 64;
 /// How long output may still be read after a cancel once the container has stopped.
 const DRAIN_GRACE: Duration = Duration::from_secs(3);
+/// How long output may still be read once the container has stopped, at most.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 /// A pull that reports no progress for this long has failed.
 const PULL_IDLE: Duration = Duration::from_secs(120);
 /// The longest a pull may take.
 const PULL_LIMIT: Duration = Duration::from_secs(30 * 60);
-/// Consecutive failed calls while waiting for the container before the attempt gives up.
-const WAIT_FAILURES: u32 = 10;
 
 /// Runs stages in containers of the local Docker engine. Workspaces are laid out as for host
 /// processes, under `root`.
@@ -72,20 +70,26 @@ impl DockerExecutor {
         root: impl Into<std::path::PathBuf>,
         timeout: Duration,
     ) -> Result<(Self, EngineInfo), String> {
+        let socket = docker_config::DOCKER_SOCKET;
         let docker = Docker::connect_with_local_defaults().map_err(|e| match e {
             DockerError::SocketNotFoundError(path) => format!("socket {path} not found"),
-            e => describe(&e),
+            e => format!("cannot use the socket {socket}: {}", describe(&e)),
         })?;
         // bollard 0.21 sends unversioned request paths, so the engine answers in its own API
         // version: this works with engines older than bollard's stubs (20.10 speaks 1.41).
         let version = match tokio::time::timeout(timeout, docker.version()).await {
             Err(_) => {
                 return Err(format!(
-                    "the engine did not answer within {}",
+                    "the engine at {socket} did not answer within {}",
                     duration_text(timeout)
                 ));
             }
-            Ok(Err(e)) => return Err(format!("the engine cannot be reached: {}", describe(&e))),
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "the engine at {socket} cannot be reached: {}",
+                    describe(&e)
+                ));
+            }
             Ok(Ok(version)) => version,
         };
         let info = EngineInfo {
@@ -219,6 +223,23 @@ impl DockerExecutor {
             docker: self.docker.clone(),
             id: Some(created.id.clone()),
         };
+        let attach = AttachContainerOptions {
+            stream: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let attached = self
+            .docker
+            .attach_container(&created.id, Some(attach))
+            .await
+            .map_err(|e| {
+                ExecError::Docker(format!(
+                    "cannot attach to the container of {}: {}",
+                    spec.image,
+                    describe(&e)
+                ))
+            })?;
         self.docker
             .start_container(&created.id, None)
             .await
@@ -232,12 +253,7 @@ impl DockerExecutor {
         debug!(container = %short(&created.id), image = %spec.image, "container started");
         let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
         let stop_reading = CancellationToken::new();
-        let follower = follow_logs(
-            self.docker.clone(),
-            created.id.clone(),
-            tx,
-            stop_reading.clone(),
-        );
+        let follower = read_output(attached, tx, stop_reading.clone());
         Ok(DockerExecution {
             docker: self.docker.clone(),
             id: created.id,
@@ -376,222 +392,25 @@ impl Execution for DockerExecution {
     }
 }
 
-/// Waits until the container is no longer running. The engine's `wait` is the signal; a broken
-/// call is retried after checking the state, and the attempt fails only after repeated errors.
-async fn wait_stopped(docker: &Docker, id: &str) -> Result<(), ExecError> {
-    let mut failures = 0;
-    loop {
-        let waited = docker.wait_container(id, None).next().await;
-        if let Some(Err(e)) = &waited
-            && !matches!(e, DockerError::DockerContainerWaitError { .. })
-        {
-            debug!(error = %describe(e), "waiting for the container failed; checking its state");
-        }
-        match docker.inspect_container(id, None).await {
-            Ok(r) => {
-                let state = r.state.unwrap_or_default();
-                let running = state.running.unwrap_or(false)
-                    || matches!(
-                        state.status,
-                        Some(ContainerStateStatusEnum::RUNNING | ContainerStateStatusEnum::PAUSED)
-                    );
-                if !running {
-                    return Ok(());
-                }
-                failures = 0;
-            }
-            Err(DockerError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {
-                return Err(ExecError::Docker(format!(
-                    "the container {} was removed while the stage ran",
-                    short(id)
-                )));
-            }
-            Err(e) => {
-                failures += 1;
-                if failures >= WAIT_FAILURES {
-                    return Err(ExecError::Docker(format!(
-                        "lost track of the container {}: {}",
-                        short(id),
-                        describe(&e)
-                    )));
-                }
-                warn!(error = %describe(&e), "cannot inspect the container; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
-}
-
-/// The engine's `stop` with `grace` as its timeout (stop signal, then SIGKILL), then waits until
-/// the container is down. If `stop` itself fails the container is killed.
-async fn stop(docker: &Docker, id: &str, grace: Duration) -> Result<(), ExecError> {
-    let seconds =
-        i32::try_from(grace.as_secs() + u64::from(grace.subsec_nanos() > 0)).unwrap_or(i32::MAX);
-    let options = StopContainerOptions {
-        t: Some(seconds),
-        signal: None,
-    };
-    // The call returns only once the container is down: allow for the whole grace period.
-    let caller = docker.clone().with_timeout(grace + Duration::from_secs(60));
-    if let Err(e) = caller.stop_container(id, Some(options)).await {
-        warn!(error = %describe(&e), "stopping the container failed; killing it");
-        let kill = KillContainerOptions {
-            signal: "SIGKILL".into(),
-        };
-        if let Err(e) = docker.kill_container(id, Some(kill)).await {
-            debug!(error = %describe(&e), "killing the container failed");
-        }
-    }
-    wait_stopped(docker, id).await
-}
-
-/// Waits for the log follower to take the rest of the output. The stream ends by itself once the
-/// container has stopped; only a cancel bounds the wait (a last `DRAIN_GRACE` to read).
+/// Waits for the output reader to take the rest of the output. The stream ends by itself once the
+/// container has stopped; a cancel leaves it `DRAIN_GRACE` more, and `DRAIN_LIMIT` bounds the
+/// wait in any case (an engine that never closes the stream).
 async fn drain(mut reader: JoinHandle<()>, stop: CancellationToken, cancel: &CancellationToken) {
     tokio::select! {
         _ = &mut reader => return,
         _ = cancel.cancelled() => {}
+        _ = tokio::time::sleep(DRAIN_LIMIT) => {
+            warn!(limit = ?DRAIN_LIMIT, "the container's output did not end after it stopped");
+        }
     }
     if tokio::time::timeout(DRAIN_GRACE, &mut reader)
         .await
         .is_err()
     {
-        debug!("output still flowing after the cancel; stopping the log follower");
+        debug!("output still flowing after the cancel; stopping the output reader");
         stop.cancel();
         let _ = reader.await;
     }
-}
-
-/// The exit code and whether the OOM killer struck, from inspecting the stopped container.
-async fn final_state(
-    docker: &Docker,
-    id: &str,
-    memory_bytes: u64,
-) -> Result<(i32, bool), ExecError> {
-    let inspect = || async {
-        let r = docker.inspect_container(id, None).await.map_err(|e| {
-            ExecError::Docker(format!(
-                "cannot read the exit state of the container {}: {}",
-                short(id),
-                describe(&e)
-            ))
-        })?;
-        let state = r.state.unwrap_or_default();
-        let code = state.exit_code.unwrap_or(-1);
-        let code = i32::try_from(code).unwrap_or(-1);
-        Ok::<_, ExecError>((code, state.oom_killed.unwrap_or(false)))
-    };
-    let (code, oom) = inspect().await?;
-    // The engine learns of an OOM kill from a separate event: a SIGKILLed container under a
-    // memory limit is looked at once more.
-    if !oom && memory_bytes > 0 && code == 128 + 9 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        return inspect().await;
-    }
-    Ok((code, oom))
-}
-
-/// Follows the container's stdout and stderr from its start until it stops (or `stop` fires),
-/// sending the same pieces a host process's pipes would give.
-async fn follow_logs(
-    docker: Docker,
-    id: String,
-    tx: mpsc::Sender<OutputPiece>,
-    stop: CancellationToken,
-) {
-    let options = LogsOptions {
-        follow: true,
-        stdout: true,
-        stderr: true,
-        ..Default::default()
-    };
-    let mut logs = Box::pin(docker.logs(&id, Some(options)));
-    let (mut out, mut err) = (LineBuffer::default(), LineBuffer::default());
-    let mut receiver_gone = false;
-    loop {
-        let item = tokio::select! {
-            biased;
-            item = logs.next() => item,
-            _ = stop.cancelled() => break,
-        };
-        let (stream, bytes) = match item {
-            None => break,
-            Some(Err(e)) => {
-                debug!(error = %describe(&e), "following the container's output failed");
-                break;
-            }
-            Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
-                (OutputStream::Stdout, message)
-            }
-            Some(Ok(LogOutput::StdErr { message })) => (OutputStream::Stderr, message),
-            Some(Ok(LogOutput::StdIn { .. })) => continue,
-        };
-        let lines = match stream {
-            OutputStream::Stdout => &mut out,
-            OutputStream::Stderr => &mut err,
-        };
-        for data in lines.push(&bytes) {
-            if !receiver_gone && tx.send(OutputPiece { stream, data }).await.is_err() {
-                receiver_gone = true;
-            }
-        }
-    }
-    for (stream, lines) in [(OutputStream::Stdout, out), (OutputStream::Stderr, err)] {
-        if let Some(data) = lines.finish()
-            && !receiver_gone
-        {
-            let _ = tx.send(OutputPiece { stream, data }).await;
-        }
-    }
-}
-
-/// Force-removes a container; one that is already gone counts as removed.
-async fn remove(docker: &Docker, id: &str) -> Result<(), String> {
-    let options = RemoveContainerOptions {
-        force: true,
-        v: true,
-        ..Default::default()
-    };
-    match docker.remove_container(id, Some(options)).await {
-        Ok(())
-        | Err(DockerError::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(()),
-        // Removal already in progress (the engine answers 409).
-        Err(DockerError::DockerResponseServerError {
-            status_code: 409,
-            message,
-        }) if message.contains("already in progress") => Ok(()),
-        Err(e) => Err(describe(&e)),
-    }
-}
-
-/// The engine's own message for server errors; the whole cause chain for transport errors.
-pub fn describe(e: &DockerError) -> String {
-    match e {
-        DockerError::DockerResponseServerError { message, .. } => message.clone(),
-        DockerError::DockerStreamError { error } => error.clone(),
-        DockerError::RequestTimeoutError => "the engine did not answer in time".into(),
-        e => {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(cause) = source {
-                let cause_text = cause.to_string();
-                if !text.contains(&cause_text) {
-                    text = format!("{text}: {cause_text}");
-                }
-                source = cause.source();
-            }
-            text
-        }
-    }
-}
-
-/// The short form of a container id, as `docker ps` shows it.
-fn short(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
 }
 
 /// `timeout` as text for messages (`2m`, `500ms`).

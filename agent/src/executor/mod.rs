@@ -11,6 +11,7 @@
 //! 4. [`Executor::destroy`] removes the workspace (and the attempt's container).
 
 pub mod docker;
+mod docker_calls;
 mod docker_config;
 pub mod lines;
 pub mod process;
@@ -164,7 +165,7 @@ pub fn format_bytes(bytes: u64) -> String {
     for (size, unit) in UNITS {
         if bytes >= size {
             let tenths = (bytes as u128 * 10 + size as u128 / 2) / size as u128;
-            return if tenths % 10 == 0 {
+            return if tenths.is_multiple_of(10) {
                 format!("{} {unit}", tenths / 10)
             } else {
                 format!("{}.{} {unit}", tenths / 10, tenths % 10)
