@@ -328,6 +328,8 @@ pub async fn client(endpoint: &str, tls: &TlsPaths) -> Result<ControlServiceClie
     let channel = Endpoint::from_shared(endpoint.to_string())?
         .tls_config(cfg)?
         .connect_timeout(Duration::from_secs(5))
+        // A call that hangs fails the test instead of blocking it forever.
+        .timeout(Duration::from_secs(20))
         .connect()
         .await
         .with_context(|| format!("connecting to {endpoint}"))?;

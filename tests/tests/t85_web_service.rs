@@ -25,7 +25,12 @@ impl Drop for Cleanup {
 
 fn production_image(prefix: &str) -> String {
     let out = Command::new("docker")
-        .args(["inspect", "--format", "{{.Config.Image}}", &format!("{prefix}-production")])
+        .args([
+            "inspect",
+            "--format",
+            "{{.Config.Image}}",
+            &format!("{prefix}-production"),
+        ])
         .output()
         .expect("docker inspect runs");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -37,13 +42,20 @@ async fn release(s: &Single, prefix: &str, revision: &str) -> anyhow::Result<Str
         .start_run(pb::StartRunRequest {
             pipeline: "web-service".into(),
             revision: revision.into(),
-            params: [("WEB_PREFIX".to_string(), prefix.to_string())].into_iter().collect(),
+            params: [("WEB_PREFIX".to_string(), prefix.to_string())]
+                .into_iter()
+                .collect(),
             trigger: "test".into(),
         })
         .await?
         .into_inner();
     let done = s.wait_final(&run.id, RUN_TIMEOUT).await?;
-    assert_eq!(done.state, RunState::Succeeded as i32, "{}", describe(Some(&done)));
+    assert_eq!(
+        done.state,
+        RunState::Succeeded as i32,
+        "{}",
+        describe(Some(&done))
+    );
     Ok(run.id)
 }
 
@@ -58,23 +70,45 @@ async fn the_web_service_goes_to_production_and_rolls_back() -> anyhow::Result<(
         .args(["pipeline", "apply", "-f"])
         .arg(workspace_root().join("examples/web-service/pipeline.yaml"))
         .output()?;
-    assert!(apply.status.success(), "{}", String::from_utf8_lossy(&apply.stderr));
+    assert!(
+        apply.status.success(),
+        "{}",
+        String::from_utf8_lossy(&apply.stderr)
+    );
 
     release(&s, &prefix, "v1").await?;
     assert_eq!(production_image(&prefix), format!("{prefix}:v1"));
     release(&s, &prefix, "v2").await?;
     assert_eq!(production_image(&prefix), format!("{prefix}:v2"));
 
-    let rb = s.cdctl().args(["rollback", "production", "--reason", "test"]).output()?;
-    assert!(rb.status.success(), "{}", String::from_utf8_lossy(&rb.stderr));
+    let rb = s
+        .cdctl()
+        .args(["rollback", "production", "--reason", "test"])
+        .output()?;
+    assert!(
+        rb.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rb.stderr)
+    );
     let id = String::from_utf8(rb.stdout)?.trim().to_string();
     let run = s.wait_final(&id, RUN_TIMEOUT).await?;
-    assert_eq!(run.state, RunState::Succeeded as i32, "{}", describe(Some(&run)));
+    assert_eq!(
+        run.state,
+        RunState::Succeeded as i32,
+        "{}",
+        describe(Some(&run))
+    );
     assert_eq!(run.revision, "v1");
-    assert_eq!(production_image(&prefix), format!("{prefix}:v1"), "rollback restores the v1 image");
+    assert_eq!(
+        production_image(&prefix),
+        format!("{prefix}:v1"),
+        "rollback restores the v1 image"
+    );
     let mut c = s.client().await?;
     let history = c
-        .environment_history(pb::EnvironmentHistoryRequest { environment: "production".into() })
+        .environment_history(pb::EnvironmentHistoryRequest {
+            environment: "production".into(),
+        })
         .await?
         .into_inner()
         .deployments;

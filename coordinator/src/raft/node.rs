@@ -81,6 +81,9 @@ struct Node<T: Transport> {
     reads: HashMap<Vec<u8>, Reply<()>>,
     /// Reads whose index is known, waiting for apply to reach it.
     read_waits: Vec<(u64, Reply<()>)>,
+    /// Reads that arrived before this leader committed an entry of its term: raft-rs drops
+    /// ReadIndex requests then, so they wait here and are issued once it has.
+    reads_early: Vec<Reply<()>>,
     next_read: u64,
     last_heard: HashMap<u64, Instant>,
     promoting: HashSet<u64>,
@@ -165,6 +168,7 @@ pub fn start_node(
         pending: BTreeMap::new(),
         reads: HashMap::new(),
         read_waits: Vec::new(),
+        reads_early: Vec::new(),
         next_read: 0,
         last_heard: HashMap::new(),
         promoting: HashSet::new(),
@@ -281,10 +285,11 @@ impl<T: Transport> Node<T> {
                     let _ = reply.send(Err(self.not_leader()));
                     return;
                 }
-                self.next_read += 1;
-                let ctx = self.next_read.to_be_bytes().to_vec();
-                self.raw.read_index(ctx.clone());
-                self.reads.insert(ctx, reply);
+                if self.raw.raft.commit_to_current_term() {
+                    self.issue_read(reply);
+                } else {
+                    self.reads_early.push(reply);
+                }
             }
             Request::ConfChange { cc, context, reply } => {
                 if !self.is_leader() {
@@ -333,6 +338,13 @@ impl<T: Transport> Node<T> {
             self.lost_data = true;
             m.commit = self.raw.raft.raft_log.committed;
         }
+    }
+
+    fn issue_read(&mut self, reply: Reply<()>) {
+        self.next_read += 1;
+        let ctx = self.next_read.to_be_bytes().to_vec();
+        self.raw.read_index(ctx.clone());
+        self.reads.insert(ctx, reply);
     }
 
     /// Remembers who waits for the entry just appended.
@@ -411,7 +423,10 @@ impl<T: Transport> Node<T> {
         self.apply_entries(ready.take_committed_entries())?;
         let read_states = ready.take_read_states();
         fail::fail_point!("raft-before-persist", |_| crash("raft-before-persist"));
-        self.raw.store().persist(ready.entries(), ready.hs())?;
+        let must_sync = ready.must_sync();
+        self.raw
+            .store()
+            .persist(ready.entries(), ready.hs(), must_sync)?;
         fail::fail_point!("raft-after-persist", |_| crash("raft-after-persist"));
         self.send(ready.take_persisted_messages());
         let mut light = self.raw.advance(ready);
@@ -421,6 +436,14 @@ impl<T: Transport> Node<T> {
         self.send(light.take_messages());
         self.apply_entries(light.take_committed_entries())?;
         self.raw.advance_apply();
+        if !self.reads_early.is_empty()
+            && self.is_leader()
+            && self.raw.raft.commit_to_current_term()
+        {
+            for reply in std::mem::take(&mut self.reads_early) {
+                self.issue_read(reply);
+            }
+        }
         for rs in read_states {
             if let Some(reply) = self.reads.remove(&rs.request_ctx) {
                 self.read_waits.push((rs.index, reply));
@@ -604,6 +627,9 @@ impl<T: Transport> Node<T> {
             let _ = tx.send(Err(err.clone()));
         }
         for (_, tx) in std::mem::take(&mut self.read_waits) {
+            let _ = tx.send(Err(err.clone()));
+        }
+        for tx in std::mem::take(&mut self.reads_early) {
             let _ = tx.send(Err(err.clone()));
         }
     }
@@ -791,6 +817,12 @@ mod tests {
         let _ = task.await;
         drop(stop);
         let (h2, task2, stop2) = leader(&cfg, &engine).await;
+        // A linearizable read right after the election is answered, not dropped (raft-rs
+        // drops ReadIndex before the leader commits an entry of its term).
+        tokio::time::timeout(Duration::from_secs(5), h2.linearizable())
+            .await
+            .expect("read answered")
+            .expect("read allowed on the leader");
         h2.wait_applied(applied).await.expect("replayed");
         assert_eq!(h2.read(|s| s.clone()), before);
         let snap = RaftStore::open(engine.clone(), &[])

@@ -108,8 +108,10 @@ impl RaftStore {
     }
 
     /// Appends entries (replacing any conflicting suffix) and the HardState in one batch, then
-    /// makes it durable. Nothing may be acknowledged before this returns.
-    pub fn persist(&self, entries: &[Entry], hs: Option<&HardState>) -> Result<()> {
+    /// makes it durable when `sync` (raft-rs's `must_sync`: new entries, a new vote or term).
+    /// A HardState that only moved its commit index needs no fsync: a lost commit index is
+    /// learned again from the leader. Nothing may be acknowledged before this returns.
+    pub fn persist(&self, entries: &[Entry], hs: Option<&HardState>, sync: bool) -> Result<()> {
         if entries.is_empty() && hs.is_none() {
             return Ok(());
         }
@@ -127,7 +129,9 @@ impl RaftStore {
             b.put(Tree::Meta, HARD_STATE, encode(hs)?);
         }
         self.engine.write(b)?;
-        self.engine.sync()?;
+        if sync || !entries.is_empty() {
+            self.engine.sync()?;
+        }
         let mut c = self.cache_mut();
         if let Some(last) = entries.last() {
             c.last_index = last.index;
@@ -370,7 +374,7 @@ mod tests {
         let engine: Arc<dyn Engine> = Arc::new(MemEngine::default());
         let s = RaftStore::open(engine.clone(), &[1]).unwrap();
         assert_eq!(s.conf_state().voters, vec![1]);
-        s.persist(&[entry(1, 1)], None).unwrap();
+        s.persist(&[entry(1, 1)], None, true).unwrap();
         let s = RaftStore::open(engine, &[7]).unwrap();
         assert_eq!(
             s.conf_state().voters,
@@ -383,9 +387,9 @@ mod tests {
     fn persist_replaces_conflicting_suffix_and_compacts() {
         let engine: Arc<dyn Engine> = Arc::new(MemEngine::default());
         let s = RaftStore::open(engine.clone(), &[1]).unwrap();
-        s.persist(&[entry(1, 1), entry(2, 1), entry(3, 1)], None)
+        s.persist(&[entry(1, 1), entry(2, 1), entry(3, 1)], None, true)
             .unwrap();
-        s.persist(&[entry(2, 2)], None).unwrap();
+        s.persist(&[entry(2, 2)], None, true).unwrap();
         assert_eq!(s.last_index(), 2);
         assert_eq!(s.term(2).unwrap(), 2);
         assert!(s.term(3).is_err());

@@ -40,13 +40,27 @@ impl BenchCluster {
     /// Starts `NODES` fresh nodes under `env.root/name` and returns once a leader is elected
     /// that a majority agrees on.
     pub async fn start(env: &BenchEnv, name: &str) -> Result<BenchCluster> {
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(env, name).await {
+                Err(e) if attempt < node::PORT_ATTEMPTS && node::port_taken(&e) => {
+                    eprintln!("  {name}: a port was taken before a node bound it; new ports");
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn try_start(env: &BenchEnv, name: &str) -> Result<BenchCluster> {
         let dir = env.root.join(name);
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
         let mut nodes = Vec::new();
-        for id in 1..=NODES {
-            let listen = format!("127.0.0.1:{}", cd_tests::cluster::free_port()?);
+        let ports = node::free_ports(NODES as usize)?;
+        for (id, port) in (1..=NODES).zip(ports) {
+            let listen = format!("127.0.0.1:{port}");
             nodes.push(ClusterNode {
                 id,
                 url: format!("https://{listen}"),
@@ -139,6 +153,17 @@ impl BenchCluster {
             .filter(|n| n.proc.is_some())
             .map(|n| n.id)
             .collect()
+    }
+
+    /// CPU seconds the running nodes have used so far, together.
+    pub fn cpu_secs(&self) -> Result<f64> {
+        let mut total = 0.0;
+        for n in &self.nodes {
+            if let Some(p) = &n.proc {
+                total += node::cpu_secs(p.pid())?;
+            }
+        }
+        Ok(total)
     }
 
     pub async fn control(&self, id: u64) -> Result<ControlServiceClient<Channel>> {

@@ -21,7 +21,7 @@ use tonic::client::Grpc;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 
-use super::node::BenchEnv;
+use super::node::{self, BenchEnv};
 use super::report::Value;
 use super::stats::{micros, percentile};
 use super::{commit, load};
@@ -126,18 +126,10 @@ impl EtcdCluster {
         }
         std::fs::create_dir_all(&dir)?;
         let scheme = sec.scheme();
-        let mut client_urls = Vec::new();
-        let mut peer_urls = Vec::new();
-        for _ in 0..MEMBERS {
-            client_urls.push(format!(
-                "{scheme}://127.0.0.1:{}",
-                cd_tests::cluster::free_port()?
-            ));
-            peer_urls.push(format!(
-                "{scheme}://127.0.0.1:{}",
-                cd_tests::cluster::free_port()?
-            ));
-        }
+        let ports = node::free_ports(2 * MEMBERS)?;
+        let url = |p: &u16| format!("{scheme}://127.0.0.1:{p}");
+        let client_urls: Vec<String> = ports[..MEMBERS].iter().map(url).collect();
+        let peer_urls: Vec<String> = ports[MEMBERS..].iter().map(url).collect();
         let initial = peer_urls
             .iter()
             .enumerate()
@@ -186,6 +178,29 @@ impl EtcdCluster {
             client_urls,
             dir,
         })
+    }
+
+    /// Whether a member's log says its port was in use.
+    fn port_taken(&self) -> bool {
+        self.procs.iter().any(|p| {
+            p.log_text()
+                .to_ascii_lowercase()
+                .contains("address already in use")
+        })
+    }
+
+    /// Whether a member has exited (e.g. it could not bind its port).
+    fn exited(&self) -> bool {
+        self.procs.iter().any(|p| !cd_tests::alive(p.pid()))
+    }
+
+    /// CPU seconds the members have used so far, together.
+    fn cpu_secs(&self) -> Result<f64> {
+        let mut total = 0.0;
+        for p in &self.procs {
+            total += node::cpu_secs(p.pid())?;
+        }
+        Ok(total)
     }
 
     fn discard(mut self) {
@@ -253,6 +268,9 @@ async fn leader(env: &BenchEnv, cluster: &EtcdCluster, sec: Security) -> Result<
         Duration::from_secs(30),
         || async {
             let mut seen = Vec::new();
+            if cluster.exited() {
+                return Some(Err(anyhow!("an etcd member exited; logs: {logs:?}")));
+            }
             for url in &cluster.client_urls {
                 let ch = connect(url, &env.op, sec).await.ok()?;
                 let s = status(ch).await.ok()?;
@@ -264,10 +282,10 @@ async fn leader(env: &BenchEnv, cluster: &EtcdCluster, sec: Security) -> Result<
             }
             seen.into_iter()
                 .find(|(_, id, _)| *id == leader)
-                .map(|(url, _, _)| url)
+                .map(|(url, _, _)| Ok(url))
         },
     )
-    .await
+    .await?
 }
 
 /// One repetition of one setup: a fresh etcd cluster, sequential latency, then throughput.
@@ -287,12 +305,23 @@ pub async fn run(
             Security::MutualTls => "mtls",
         }
     );
-    let cluster = EtcdCluster::start(env, etcd, sec, &name)?;
-    let url = leader(env, &cluster, sec).await?;
+    let mut attempt = 1;
+    let (cluster, url) = loop {
+        let cluster = EtcdCluster::start(env, etcd, sec, &name)?;
+        match leader(env, &cluster, sec).await {
+            Ok(url) => break (cluster, url),
+            Err(e) if attempt < node::PORT_ATTEMPTS && cluster.port_taken() => {
+                eprintln!("  {name}: a port was taken before a member bound it; new ports ({e})");
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let value = vec![b'v'; commit::entry_bytes()?.saturating_sub(KEY.len()).max(1)];
 
     let g = Grpc::new(connect(&url, &env.op, sec).await?);
     let mut lat = Vec::with_capacity(samples);
+    let seq_cpu_before = cluster.cpu_secs()?;
     for i in 0..warmup + samples {
         let t = Instant::now();
         put(g.clone(), value.clone()).await?;
@@ -300,8 +329,10 @@ pub async fn run(
             lat.push(micros(t.elapsed()));
         }
     }
+    let seq_cpu = cluster.cpu_secs()? - seq_cpu_before;
 
     let op = env.op.clone();
+    let cpu_before = cluster.cpu_secs()?;
     let r = load::run(
         load,
         move |_| {
@@ -311,11 +342,17 @@ pub async fn run(
         move |g: Grpc<Channel>| put(g, value.clone()),
     )
     .await?;
+    let cpu = cluster.cpu_secs()? - cpu_before;
     cluster.discard();
     let label = sec.label();
     Ok(vec![
         Value::new(format!("{label} put p50"), "µs", percentile(&lat, 50.0)),
         Value::new(format!("{label} put p99"), "µs", percentile(&lat, 99.0)),
+        Value::new(
+            format!("{label} put: CPU per put, 3 members together"),
+            "µs",
+            seq_cpu * 1e6 / (warmup + samples) as f64,
+        ),
         Value::new(format!("{label} throughput: puts/s"), "puts/s", r.per_sec),
         Value::new(
             format!("{label} throughput: latency p50 under load"),
@@ -326,6 +363,11 @@ pub async fn run(
             format!("{label} throughput: latency p99 under load"),
             "µs",
             r.p99,
+        ),
+        Value::new(
+            format!("{label} throughput: CPU per put, 3 members together"),
+            "µs",
+            cpu * 1e6 / r.calls as f64,
         ),
     ])
 }

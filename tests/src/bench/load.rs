@@ -31,6 +31,8 @@ pub struct LoadResult {
     /// Latency of those calls (µs).
     pub p50: f64,
     pub p99: f64,
+    /// Every call completed, warm-up included.
+    pub calls: u64,
 }
 
 /// Opens `load.connections` connections with `connect(i)`, then drives `call` on them from
@@ -88,7 +90,7 @@ where
         let conn = conns[client % conns.len()].clone();
         let call = call.clone();
         tasks.spawn(async move {
-            // (latency µs) of every call that completed inside the window.
+            // Latency (µs) of every call that completed inside the window.
             let mut done = Vec::new();
             let mut issued = 0u64;
             while Instant::now() < end {
@@ -112,14 +114,18 @@ where
                     done.push(micros(now - t));
                 }
             }
-            Ok(done)
+            Ok((done, issued))
         });
     }
     let mut lat = Vec::new();
+    let mut calls = 0;
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
         match joined.context("a load task panicked")? {
-            Ok(done) => lat.extend(done),
+            Ok((done, issued)) => {
+                lat.extend(done);
+                calls += issued;
+            }
             Err(e) => {
                 if first_error.is_none() {
                     first_error = Some(e);
@@ -137,5 +143,6 @@ where
         per_sec: lat.len() as f64 / load.measure.as_secs_f64(),
         p50: percentile(&lat, 50.0),
         p99: percentile(&lat, 99.0),
+        calls,
     })
 }

@@ -263,6 +263,48 @@ impl Drop for Node {
     }
 }
 
+/// `n` distinct free ports on 127.0.0.1: all bound at once, then released (binding one at a
+/// time can hand out the same port twice).
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    Ok(listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<std::io::Result<Vec<_>>>()?)
+}
+
+/// Starts of a cluster when another process took one of its free ports in between.
+pub const PORT_ATTEMPTS: usize = 3;
+
+/// Whether `e` (or the log it quotes) says a listener's port was already in use.
+pub fn port_taken(e: &anyhow::Error) -> bool {
+    format!("{e:#}")
+        .to_ascii_lowercase()
+        .contains("address already in use")
+}
+
+/// CPU time (user + system, every thread, in seconds) process `pid` has used so far, from
+/// `/proc/PID/stat` (in USER_HZ = 1/100 s ticks).
+pub fn cpu_secs(pid: i32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("/proc/{pid}/stat has no command name"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| -> Result<f64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .ok_or_else(|| anyhow!("/proc/{pid}/stat: field {} missing", i + 3))
+    };
+    Ok((tick(11)? + tick(12)?) / 100.0)
+}
+
 /// The processes log at `info` (what a deployment runs with) unless RUST_LOG says otherwise.
 pub fn rust_log() -> String {
     std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())

@@ -22,11 +22,18 @@ pub async fn commit(
     let cluster = BenchCluster::start(env, &format!("cluster-commit-{rep}")).await?;
     let (leader, _) = cluster.leader_first().await?;
     let mut c = cluster.control(leader).await?;
+    let cpu_before = cluster.cpu_secs()?;
     let lat = commit::sequential(&mut c, warmup, samples).await?;
+    let cpu = cluster.cpu_secs()? - cpu_before;
     cluster.discard();
     Ok(vec![
         Value::new("cluster commit p50", "µs", percentile(&lat, 50.0)),
         Value::new("cluster commit p99", "µs", percentile(&lat, 99.0)),
+        Value::new(
+            "cluster commit: CPU per commit, 3 nodes together",
+            "µs",
+            cpu * 1e6 / (1 + warmup + samples) as f64,
+        ),
     ])
 }
 
@@ -42,6 +49,7 @@ pub async fn throughput(env: &BenchEnv, rep: usize, load: load::Load) -> Result<
     );
     let url = cluster.url(leader);
     let op = env.op.clone();
+    let cpu_before = cluster.cpu_secs()?;
     let r = load::run(
         load,
         move |_| {
@@ -62,11 +70,17 @@ pub async fn throughput(env: &BenchEnv, rep: usize, load: load::Load) -> Result<
         },
     )
     .await?;
+    let cpu = cluster.cpu_secs()? - cpu_before;
     cluster.discard();
     Ok(vec![
         Value::new("cluster throughput: commits/s", "commits/s", r.per_sec),
         Value::new("cluster throughput: latency p50 under load", "µs", r.p50),
         Value::new("cluster throughput: latency p99 under load", "µs", r.p99),
+        Value::new(
+            "cluster throughput: CPU per commit, 3 nodes together",
+            "µs",
+            cpu * 1e6 / r.calls as f64,
+        ),
     ])
 }
 

@@ -40,9 +40,8 @@ struct Args {
     /// Run only these measurements (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',', conflicts_with = "cluster")]
     only: Vec<Which>,
-    /// Run the 3-node cluster measurements and etcd side by side instead of the single-node
-    /// ones (the same as --only etcd,cluster-commit,cluster-throughput,cluster-dispatch,
-    /// cluster-logs,failover).
+    /// Also run the 3-node cluster measurements and etcd side by side, after the single-node
+    /// ones (which stay as the reference for what replication adds): every measurement.
     #[arg(long)]
     cluster: bool,
     /// Concurrent callers for the throughput figures (each has one call in flight).
@@ -94,8 +93,8 @@ const ALL: [Which; 10] = [
     Which::ClusterLogs,
     Which::Failover,
 ];
+/// Without --only or --cluster.
 const SINGLE: [Which; 4] = [Which::Fsync, Which::Commit, Which::Dispatch, Which::Logs];
-
 impl Which {
     fn cluster(self) -> bool {
         !SINGLE.contains(&self)
@@ -141,7 +140,7 @@ fn selected(args: &Args) -> Vec<Which> {
             if !args.only.is_empty() {
                 args.only.contains(w)
             } else {
-                w.cluster() == args.cluster
+                args.cluster || SINGLE.contains(w)
             }
         })
         .collect()
