@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result};
 use cd_common::certs::Role;
 use cd_common::tls::TlsPaths;
 use cd_proto::v1 as pb;
@@ -335,24 +335,5 @@ impl Cluster {
 
     pub fn path(&self, p: &str) -> PathBuf {
         self.tmp.path().join(p)
-    }
-
-    /// Leader id according to node `id` (0 if none or unreachable).
-    pub async fn leader_seen_by(&self, id: u64) -> u64 {
-        self.status(id).await.map_or(0, |s| s.leader_id)
-    }
-
-    pub fn expect_node(&self, id: u64) -> Result<&Node> {
-        self.nodes
-            .iter()
-            .find(|n| n.id == id)
-            .ok_or_else(|| anyhow!("no node {id}"))
-    }
-
-    pub fn ensure_dead(&self, id: u64) -> Result<()> {
-        if self.node(id).proc.is_some() {
-            bail!("node {id} is running");
-        }
-        Ok(())
     }
 }
