@@ -471,3 +471,40 @@ async fn a_restarted_agent_reaps_the_container_of_its_previous_life() -> anyhow:
     s.wait_final(&id, RUN_TIMEOUT).await?;
     containers_gone(&name, &id, Duration::from_secs(30)).await
 }
+
+const SOCKET: &str = r#"
+name: socket
+stages:
+  - name: with-socket
+    image: IMAGE
+    image_pull: never
+    docker: true
+    run: |
+      if [ -S /var/run/docker.sock ]; then echo socket-mounted; else echo no-socket; fi
+  - name: without-socket
+    image: IMAGE
+    image_pull: never
+    run: |
+      if [ -S /var/run/docker.sock ]; then echo socket-mounted; else echo no-socket; fi
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_true_mounts_the_engine_socket_and_only_then() -> anyhow::Result<()> {
+    let setup = start("socket", &[]).await?;
+    let s = &setup.s;
+    let mut c = s.client().await?;
+    apply_pipeline(&mut c, &pipeline(SOCKET), s.tmp.path()).await?;
+    let id = start_run(&mut c, "socket", &[]).await?;
+    let run = s.wait_final(&id, RUN_TIMEOUT).await?;
+    assert_eq!(
+        run.state,
+        RunState::Succeeded as i32,
+        "{}",
+        describe(Some(&run))
+    );
+    let with = cdctl_logs(s, &id, "with-socket");
+    let without = cdctl_logs(s, &id, "without-socket");
+    assert!(with.contains("socket-mounted"), "{with}");
+    assert!(without.contains("no-socket"), "{without}");
+    Ok(())
+}
