@@ -47,7 +47,8 @@ pub trait LogSink: Send + Sync + 'static {
 pub struct LogConfig {
     /// Largest chunk (32 KiB).
     pub chunk_bytes: usize,
-    /// Largest request, and the amount of new data that triggers a flush (64 KiB).
+    /// Largest request, and the amount of new data that triggers a flush (512 KiB: with one
+    /// request in flight, each a Raft commit, throughput is this much per commit round trip).
     pub batch_bytes: usize,
     /// Most chunks in one request (the coordinator refuses more than 1024).
     pub batch_chunks: usize,
@@ -63,7 +64,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             chunk_bytes: 32 * 1024,
-            batch_bytes: 64 * 1024,
+            batch_bytes: 512 * 1024,
             batch_chunks: 256,
             flush_interval: Duration::from_millis(100),
             max_buffered: 8 * 1024 * 1024,
