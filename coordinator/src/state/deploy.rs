@@ -38,7 +38,9 @@ pub(super) fn stage_finished(
     if let Some(env) = &spec.environment {
         let deployment = new_deployment(state, run, stage, env, success, at);
         if let (true, Some(plan)) = (success, &run.rollback)
-            && let Some(undone) = state.deployments.get_mut(plan.undoes as usize - 1)
+            && let Some(undone) = state
+                .deployments
+                .get_mut((plan.undoes as usize).wrapping_sub(1))
         {
             undone.status = DeploymentStatus::RolledBack;
         }
@@ -71,7 +73,7 @@ fn new_deployment(
         Some(plan) => (
             state
                 .deployments
-                .get(plan.restores as usize - 1)
+                .get((plan.restores as usize).wrapping_sub(1))
                 .map(|d| d.metrics.clone())
                 .unwrap_or_default(),
             plan.restores,
