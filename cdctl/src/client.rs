@@ -156,6 +156,8 @@ pub enum ConnectFailure {
 pub struct CallMeta {
     /// Ask for the answering node's applied state, without the leader check.
     stale: bool,
+    /// A read: safe to send again whatever went wrong the first time.
+    read: bool,
 }
 
 impl Interceptor for CallMeta {
@@ -260,6 +262,7 @@ impl<C: ServiceClient> Conn<C> {
     ) -> anyhow::Result<T> {
         let meta = CallMeta {
             stale: self.cfg.stale,
+            read: true,
         };
         self.call_with(what, meta, f).await
     }
@@ -322,6 +325,12 @@ impl<C: ServiceClient> Conn<C> {
                     self.next_endpoint().await?;
                 }
                 continue;
+            }
+            // A write is sent again only when it surely was not applied: the node said it is
+            // not the leader, or the connection never opened. A connection lost mid-call may
+            // have delivered it, and `run start` twice would start two runs.
+            if !meta.read && !never_applied(&status) {
+                return Err(status_error(status, what));
             }
             let since = *waiting_since.get_or_insert_with(Instant::now);
             let pause = backoff(pauses);
@@ -404,6 +413,15 @@ impl<C: ServiceClient> Conn<C> {
     }
 }
 
+/// Whether an UNAVAILABLE answer proves the call was not applied.
+fn never_applied(status: &Status) -> bool {
+    let m = status.message();
+    m.contains("not the leader")
+        || m.contains("error trying to connect")
+        || m.contains("tcp connect error")
+        || m.contains("Connection refused")
+}
+
 /// How many times one call follows a `cd-leader` hint.
 pub const MAX_REDIRECTS: usize = 3;
 
@@ -468,6 +486,19 @@ async fn connect_one(cfg: &ConnectConfig, endpoint: &str) -> Result<Channel, Con
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_answers_that_prove_nothing_was_applied_allow_resending_a_write() {
+        assert!(super::never_applied(&Status::unavailable(
+            "not the leader (leader is node 2 at https://n2:7400); retry"
+        )));
+        assert!(super::never_applied(&Status::unavailable(
+            "error trying to connect: tcp connect error: Connection refused (os error 111)"
+        )));
+        assert!(!super::never_applied(&Status::unavailable(
+            "transport error: connection reset by peer"
+        )));
+    }
+
     use super::*;
     use tonic::metadata::MetadataValue;
 
@@ -638,7 +669,10 @@ mod tests {
 
     #[test]
     fn stale_metadata_only_when_asked() {
-        let mut meta = CallMeta { stale: true };
+        let mut meta = CallMeta {
+            stale: true,
+            read: true,
+        };
         let req = meta.call(tonic::Request::new(())).unwrap();
         assert_eq!(req.metadata().get(STALE_METADATA).unwrap(), "true");
         let req = CallMeta::default().call(tonic::Request::new(())).unwrap();
