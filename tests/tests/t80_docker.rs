@@ -508,3 +508,33 @@ async fn docker_true_mounts_the_engine_socket_and_only_then() -> anyhow::Result<
     assert!(without.contains("no-socket"), "{without}");
     Ok(())
 }
+
+const NOBODY: &str = r#"
+name: nobody
+stages:
+  - name: write
+    image: IMAGE
+    image_pull: never
+    user: "65534:65534"
+    run: |
+      echo written > out.txt && cat out.txt && id -u
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_numeric_user_can_write_its_workspace() -> anyhow::Result<()> {
+    let setup = start("nobody", &[]).await?;
+    let s = &setup.s;
+    let mut c = s.client().await?;
+    apply_pipeline(&mut c, &pipeline(NOBODY), s.tmp.path()).await?;
+    let id = start_run(&mut c, "nobody", &[]).await?;
+    let run = s.wait_final(&id, RUN_TIMEOUT).await?;
+    let log = cdctl_logs(s, &id, "write");
+    assert_eq!(
+        run.state,
+        RunState::Succeeded as i32,
+        "{}\n{log}",
+        describe(Some(&run))
+    );
+    assert!(log.contains("written") && log.contains("65534"), "{log}");
+    Ok(())
+}

@@ -202,6 +202,7 @@ impl DockerExecutor {
             ));
         }
         let pull = Pull::parse(&spec.container.image_pull)?;
+        give_workspace_to(&spec.container.user, workspace.path());
         let body = docker_config::create_body(spec, workspace, &self.agent)?;
         self.ensure_image(&spec.image, pull).await?;
         let created = self
@@ -416,4 +417,37 @@ async fn drain(mut reader: JoinHandle<()>, stop: CancellationToken, cancel: &Can
 /// `timeout` as text for messages (`2m`, `500ms`).
 fn duration_text(timeout: Duration) -> String {
     format_ms(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A stage that runs as a numeric `uid[:gid]` gets its workspace chowned to it, so it can write
+/// there (the agent made it, usually as root). Names cannot be resolved outside the image, so
+/// they keep the agent's ownership; a failed chown (an agent that is not root) is logged and
+/// the stage runs anyway.
+fn give_workspace_to(user: &str, dir: &std::path::Path) {
+    let mut parts = user.splitn(2, ':');
+    let Some(Ok(uid)) = parts
+        .next()
+        .filter(|u| !u.is_empty())
+        .map(str::parse::<u32>)
+    else {
+        return;
+    };
+    let gid = match parts.next().map(str::parse::<u32>) {
+        Some(Ok(g)) => Some(g),
+        Some(Err(_)) => return,
+        None => None,
+    };
+    if let Err(e) = chown_tree(dir, uid, gid) {
+        warn!(user, dir = %dir.display(), error = %e, "cannot hand the workspace to the stage's user");
+    }
+}
+
+fn chown_tree(path: &std::path::Path, uid: u32, gid: Option<u32>) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), gid)?;
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
 }
