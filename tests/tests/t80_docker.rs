@@ -35,6 +35,15 @@ fn pipeline(yaml: &str) -> String {
     yaml.replace("IMAGE", docker::BUSYBOX_IMAGE)
 }
 
+/// Applies `yaml` (with the test image), starts a run of `name` and waits until it ends.
+async fn run_to_end(s: &Single, yaml: &str, name: &str) -> anyhow::Result<(String, pb::Run)> {
+    let mut c = s.client().await?;
+    apply_pipeline(&mut c, &pipeline(yaml), s.tmp.path()).await?;
+    let id = start_run(&mut c, name, &[]).await?;
+    let run = s.wait_final(&id, RUN_TIMEOUT).await?;
+    Ok((id, run))
+}
+
 fn cdctl_logs(s: &Single, run: &str, stage: &str) -> String {
     let out = s
         .cdctl()
@@ -168,10 +177,7 @@ stages:
 async fn a_nonzero_exit_code_is_reported() -> anyhow::Result<()> {
     let setup = start("exit", &[]).await?;
     let s = &setup.s;
-    let mut c = s.client().await?;
-    apply_pipeline(&mut c, &pipeline(FAILING), s.tmp.path()).await?;
-    let id = start_run(&mut c, "failing", &[]).await?;
-    let run = s.wait_final(&id, RUN_TIMEOUT).await?;
+    let (id, run) = run_to_end(s, FAILING, "failing").await?;
     assert_eq!(
         run.state,
         RunState::Failed as i32,
@@ -207,10 +213,7 @@ stages:
 async fn an_oom_kill_is_reported_as_such() -> anyhow::Result<()> {
     let setup = start("oom", &[]).await?;
     let s = &setup.s;
-    let mut c = s.client().await?;
-    apply_pipeline(&mut c, &pipeline(HOG), s.tmp.path()).await?;
-    let id = start_run(&mut c, "hog", &[]).await?;
-    let run = s.wait_final(&id, RUN_TIMEOUT).await?;
+    let (id, run) = run_to_end(s, HOG, "hog").await?;
     assert_eq!(
         run.state,
         RunState::Failed as i32,
@@ -308,10 +311,7 @@ stages:
 async fn a_timeout_fails_the_stage_and_removes_the_container() -> anyhow::Result<()> {
     let setup = start("timeout", &["--kill-grace", "1s"]).await?;
     let s = &setup.s;
-    let mut c = s.client().await?;
-    apply_pipeline(&mut c, &pipeline(SLOW), s.tmp.path()).await?;
-    let id = start_run(&mut c, "slow", &[]).await?;
-    let run = s.wait_final(&id, RUN_TIMEOUT).await?;
+    let (id, run) = run_to_end(s, SLOW, "slow").await?;
     assert_eq!(
         run.state,
         RunState::Failed as i32,
@@ -354,10 +354,7 @@ stages:
 async fn network_none_has_only_loopback() -> anyhow::Result<()> {
     let setup = start("net", &[]).await?;
     let s = &setup.s;
-    let mut c = s.client().await?;
-    apply_pipeline(&mut c, &pipeline(NETWORKS), s.tmp.path()).await?;
-    let id = start_run(&mut c, "networks", &[]).await?;
-    let run = s.wait_final(&id, RUN_TIMEOUT).await?;
+    let (id, run) = run_to_end(s, NETWORKS, "networks").await?;
     let isolated = cdctl_logs(s, &id, "isolated");
     let bridged = cdctl_logs(s, &id, "bridged");
     assert_eq!(
@@ -492,10 +489,7 @@ stages:
 async fn docker_true_mounts_the_engine_socket_and_only_then() -> anyhow::Result<()> {
     let setup = start("socket", &[]).await?;
     let s = &setup.s;
-    let mut c = s.client().await?;
-    apply_pipeline(&mut c, &pipeline(SOCKET), s.tmp.path()).await?;
-    let id = start_run(&mut c, "socket", &[]).await?;
-    let run = s.wait_final(&id, RUN_TIMEOUT).await?;
+    let (id, run) = run_to_end(s, SOCKET, "socket").await?;
     assert_eq!(
         run.state,
         RunState::Succeeded as i32,
@@ -524,10 +518,7 @@ stages:
 async fn a_numeric_user_can_write_its_workspace() -> anyhow::Result<()> {
     let setup = start("nobody", &[]).await?;
     let s = &setup.s;
-    let mut c = s.client().await?;
-    apply_pipeline(&mut c, &pipeline(NOBODY), s.tmp.path()).await?;
-    let id = start_run(&mut c, "nobody", &[]).await?;
-    let run = s.wait_final(&id, RUN_TIMEOUT).await?;
+    let (id, run) = run_to_end(s, NOBODY, "nobody").await?;
     let log = cdctl_logs(s, &id, "write");
     assert_eq!(
         run.state,

@@ -31,7 +31,6 @@ pub struct ClusterNode {
 pub struct BenchCluster {
     pub nodes: Vec<ClusterNode>,
     pub dir: PathBuf,
-    bin: PathBuf,
     op: TlsPaths,
     agents: Vec<Proc>,
 }
@@ -73,7 +72,6 @@ impl BenchCluster {
         let mut c = BenchCluster {
             nodes,
             dir,
-            bin: env.bin.clone(),
             op: env.op.clone(),
             agents: Vec::new(),
         };
@@ -112,7 +110,6 @@ impl BenchCluster {
             .map(|n| format!("{}={}", n.id, n.url))
             .collect::<Vec<_>>()
             .join(",");
-        let bin = self.bin.clone();
         let n = self
             .nodes
             .iter_mut()
@@ -127,7 +124,7 @@ impl BenchCluster {
             "--initial-cluster".into(),
             initial,
         ];
-        let (proc, endpoint) = node::spawn_coordinator(&bin, &n.dir, &n.tls, &n.listen, &extra)
+        let (proc, endpoint) = node::spawn_coordinator(&n.dir, &n.tls, &n.listen, &extra)
             .with_context(|| format!("starting node {id}"))?;
         ensure!(
             endpoint == n.url,

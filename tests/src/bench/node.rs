@@ -5,9 +5,7 @@
 //! `cd_tests::bin_dir()` assumes a test binary in `target/<profile>/deps/`; `cd-bench` is a
 //! binary in `target/<profile>/`, so it finds its sibling binaries here instead.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -72,7 +70,7 @@ impl BenchEnv {
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
-        Node::start(&self.bin, &dir, &self.certs)
+        Node::start(&dir, &self.certs)
     }
 
     pub async fn control(&self, node: &Node) -> Result<ControlServiceClient<Channel>> {
@@ -90,9 +88,9 @@ pub struct Node {
 }
 
 impl Node {
-    fn start(bin: &Path, dir: &Path, certs: &Certs) -> Result<Node> {
+    fn start(dir: &Path, certs: &Certs) -> Result<Node> {
         let tls = certs.tls(Role::Coordinator, "node-1");
-        let (proc, endpoint) = spawn_coordinator(bin, dir, &tls, "127.0.0.1:0", &[])?;
+        let (proc, endpoint) = spawn_coordinator(dir, &tls, "127.0.0.1:0", &[])?;
         Ok(Node {
             proc,
             endpoint,
@@ -135,60 +133,21 @@ pub async fn channel(endpoint: &str, tls: &TlsPaths) -> Result<Channel> {
         .with_context(|| format!("connecting to {endpoint}"))
 }
 
-/// Spawns `cd-coordinator serve` on `listen` (127.0.0.1) with its data in `dir/data`, its
-/// stderr appended to `dir/coordinator.log`, and `extra` flags; returns once it prints the
-/// URL it listens on.
+/// Spawns a real `cd-coordinator serve` on `listen` with its data and log in `dir` and
+/// `extra` flags (the test harness's launcher); returns once it prints the URL it listens on,
+/// which must be on loopback.
 pub fn spawn_coordinator(
-    bin: &Path,
     dir: &Path,
     tls: &TlsPaths,
     listen: &str,
     extra: &[String],
 ) -> Result<(Proc, String)> {
-    std::fs::create_dir_all(dir)?;
-    let log = dir.join("coordinator.log");
-    let stderr = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)?;
-    let mut child = Command::new(bin.join("cd-coordinator"))
-        .arg("serve")
-        .args(["--listen", listen])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--ca")
-        .arg(&tls.ca)
-        .arg("--cert")
-        .arg(&tls.cert)
-        .arg("--key")
-        .arg(&tls.key)
-        .args(extra)
-        .env("RUST_LOG", rust_log())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(stderr)
-        .spawn()
-        .context("spawning cd-coordinator")?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let proc = Proc {
-        child,
-        log: log.clone(),
-    };
-    let mut lines = BufReader::new(stdout).lines();
-    let first = lines.next().transpose()?.unwrap_or_default();
-    let Some(endpoint) = first.strip_prefix("listening on ") else {
-        bail!(
-            "coordinator did not start (stdout {first:?}); log:\n{}",
-            proc.log_text()
-        );
-    };
-    let endpoint = endpoint.trim().to_string();
+    let env = [("RUST_LOG".to_string(), rust_log())];
+    let (proc, endpoint) = cd_tests::spawn_coordinator_via(&[], dir, tls, listen, extra, &env)?;
     ensure!(
         endpoint.starts_with("https://127.0.0.1:"),
         "coordinator listens on {endpoint}, not on loopback"
     );
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
     Ok((proc, endpoint))
 }
 
@@ -196,26 +155,7 @@ pub fn spawn_coordinator(
 /// working in `work` (its log there too).
 pub fn spawn_agent(env: &BenchEnv, name: &str, endpoints: &str, work: &Path) -> Result<Proc> {
     let tls = env.certs.tls(Role::Agent, name);
-    std::fs::create_dir_all(work)?;
-    let log = work.join("agent.log");
-    let stderr = std::fs::File::create(&log)?;
-    let child = Command::new(env.bin.join("cd-agent"))
-        .args(["--name", name, "--endpoint", endpoints, "--slots", "1"])
-        .arg("--ca")
-        .arg(&tls.ca)
-        .arg("--cert")
-        .arg(&tls.cert)
-        .arg("--key")
-        .arg(&tls.key)
-        .arg("--work-dir")
-        .arg(work)
-        .env("RUST_LOG", rust_log())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .context("spawning cd-agent")?;
-    Ok(Proc { child, log })
+    Ok(cd_tests::Agent::start(name, endpoints, &tls, work, &["--slots", "1"])?.proc)
 }
 
 /// Waits until the coordinator behind `c` lists agent `name` as connected.
