@@ -200,6 +200,7 @@ async fn drive_run(
             revision: args.revision.clone(),
             params: parse_params(&args.params)?,
             trigger: "dev".into(),
+            commit_at_ms: 0,
         })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?

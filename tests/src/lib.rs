@@ -527,6 +527,7 @@ pub async fn start_run(
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             trigger: "test".into(),
+            commit_at_ms: 0,
         })
         .await?
         .into_inner();

@@ -46,6 +46,7 @@ async fn release(s: &Single, prefix: &str, revision: &str) -> anyhow::Result<Str
                 .into_iter()
                 .collect(),
             trigger: "test".into(),
+            commit_at_ms: 0,
         })
         .await?
         .into_inner();

@@ -54,6 +54,7 @@ async fn start(ctx: &Ctx, args: RunStartArgs) -> anyhow::Result<u8> {
         revision: args.revision.unwrap_or_default(),
         params: params_map(args.params)?,
         trigger: TRIGGER.to_string(),
+        commit_at_ms: 0,
     };
     let mut conn = ctx.conn().await?;
     let run = conn

@@ -549,6 +549,7 @@ pub(crate) mod tests {
                 .collect(),
             kind: "release".into(),
             reason: String::new(),
+            commit_at_ms: 0,
             stages: vec![
                 Stage {
                     name: "build".into(),

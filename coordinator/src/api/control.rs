@@ -197,6 +197,7 @@ impl ControlService for ControlApi {
                 revision: r.revision,
                 params: r.params.into_iter().collect::<BTreeMap<_, _>>(),
                 trigger: r.trigger,
+                commit_at_ms: r.commit_at_ms,
             }))
             .await
             .map_err(from_propose)?;

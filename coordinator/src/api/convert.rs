@@ -136,6 +136,7 @@ pub fn run(st: &State, r: &state::Run) -> pb::Run {
             .collect(),
         kind: kind(r.kind),
         reason: r.reason.clone(),
+        commit_at_ms: r.commit_at_ms,
     }
 }
 

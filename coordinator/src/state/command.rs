@@ -78,6 +78,9 @@ pub struct StartRun {
     pub params: BTreeMap<String, String>,
     #[prost(string, tag = "4")]
     pub trigger: String,
+    /// When the revision was committed (ms since the epoch; 0 = unknown): DORA lead time.
+    #[prost(int64, tag = "5")]
+    pub commit_at_ms: i64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -249,6 +249,7 @@ pub(super) fn start_rollback(
         created_ms: at,
         finished_ms: 0,
         reason: String::new(),
+        commit_at_ms: 0,
     };
     runs::insert_run(state, run, at, events);
     Ok(id)

@@ -221,6 +221,9 @@ pub struct Run {
     pub finished_ms: i64,
     pub stages: Vec<Stage>,
     pub reason: String,
+    /// When the revision was committed (0 = unknown); DORA lead time counts from here.
+    #[serde(default)]
+    pub commit_at_ms: i64,
 }
 
 impl Run {

@@ -52,6 +52,7 @@ pub(super) fn start_run(
         finished_ms: 0,
         stages,
         reason: String::new(),
+        commit_at_ms: c.commit_at_ms,
     };
     insert_run(state, run, at, events);
     Ok(Outcome::Run(id))

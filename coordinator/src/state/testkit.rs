@@ -105,6 +105,7 @@ impl Kit {
             revision: "r".into(),
             params: BTreeMap::new(),
             trigger: String::new(),
+            commit_at_ms: 0,
         })) {
             Outcome::Run(id) => id,
             o => panic!("unexpected {o:?}"),

@@ -77,6 +77,7 @@ pub async fn measure(
                 revision: format!("sample-{i}"),
                 params: Default::default(),
                 trigger: "cd-bench".into(),
+                commit_at_ms: 0,
             })
             .await?
             .into_inner();
