@@ -94,7 +94,7 @@ impl Coordinator {
                 None => format!("https://{}", listener.local_addr()?),
             },
         };
-        let mut node_cfg = NodeConfig::single(cfg.node_id);
+        let mut node_cfg = NodeConfig::single(cfg.node_id, cfg.data_dir.join("raft-log"));
         node_cfg.snapshot_every = cfg.snapshot_every;
         node_cfg.tick = cfg.tick;
         let advertise_for_rejoin = advertise.clone();

@@ -4,6 +4,7 @@
 //! the light ready; advance_apply (DEPENDENCIES.md).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ use super::handle::{
 };
 use super::{Feedback, Transport};
 use crate::state::{self, Command, Event, Outcome, State};
-use crate::store::{Batch, Engine, RaftStore, StoreError, Tree, chunk_key};
+use crate::store::{Batch, Engine, RaftStore, StoreError, Tree, Wal, chunk_key};
 
 /// Most requests taken from the channel before one Ready (and one fsync) handles them all.
 const MAX_GROUP: usize = 4096;
@@ -42,10 +43,12 @@ pub struct NodeConfig {
     pub heartbeat_tick: usize,
     /// Take a state snapshot (and compact the log) after this many applied entries.
     pub snapshot_every: u64,
+    /// Directory of the Raft log's segment files.
+    pub log_dir: PathBuf,
 }
 
 impl NodeConfig {
-    pub fn single(id: u64) -> Self {
+    pub fn single(id: u64, log_dir: PathBuf) -> Self {
         NodeConfig {
             id,
             voters: vec![id],
@@ -54,6 +57,7 @@ impl NodeConfig {
             election_tick: 10,
             heartbeat_tick: 2,
             snapshot_every: 10_000,
+            log_dir,
         }
     }
 }
@@ -106,7 +110,7 @@ pub fn start_node(
     mut transport: impl Transport,
     shutdown: CancellationToken,
 ) -> Result<(RaftHandle, tokio::task::JoinHandle<Result<(), NodeError>>), NodeError> {
-    let store = RaftStore::open(engine.clone(), &cfg.voters)?;
+    let store = RaftStore::open(engine.clone(), Wal::open(&cfg.log_dir)?, &cfg.voters)?;
     let (mut state, applied, applied_term) = match store.load_snapshot()? {
         Some(s) => {
             let st = State::from_snapshot(&s.data).map_err(NodeError::Snapshot)?;
@@ -782,7 +786,8 @@ mod tests {
     #[tokio::test]
     async fn answers_carry_apply_results_and_state_survives_snapshot_and_replay() {
         let engine: Arc<dyn Engine> = Arc::new(MemEngine::default());
-        let mut cfg = NodeConfig::single(1);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cfg = NodeConfig::single(1, dir.path().into());
         cfg.snapshot_every = 4;
         let (h, task, stop) = leader(&cfg, &engine).await;
         h.propose(Kind::ApplyPipeline(ApplyPipeline {
@@ -825,10 +830,7 @@ mod tests {
             .expect("read allowed on the leader");
         h2.wait_applied(applied).await.expect("replayed");
         assert_eq!(h2.read(|s| s.clone()), before);
-        let snap = RaftStore::open(engine.clone(), &[])
-            .expect("open")
-            .load_snapshot()
-            .expect("read");
+        let snap = crate::store::stored_snapshot(engine.as_ref()).expect("read");
         assert!(
             snap.is_some_and(|s| s.get_metadata().index > 0),
             "periodic snapshots were taken"
@@ -841,9 +843,7 @@ mod tests {
         let applied = h2.status().borrow().applied;
         stop2.cancel();
         task2.await.expect("joins").expect("clean stop");
-        let snap = RaftStore::open(engine.clone(), &[])
-            .expect("open")
-            .load_snapshot()
+        let snap = crate::store::stored_snapshot(engine.as_ref())
             .expect("read")
             .expect("snapshot");
         assert_eq!(snap.get_metadata().index, applied);
@@ -855,7 +855,8 @@ mod tests {
     #[tokio::test]
     async fn many_concurrent_proposals_are_each_answered_once() {
         let engine: Arc<dyn Engine> = Arc::new(MemEngine::default());
-        let (h, _task, _stop) = leader(&NodeConfig::single(1), &engine).await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (h, _task, _stop) = leader(&NodeConfig::single(1, dir.path().into()), &engine).await;
         h.propose(Kind::ApplyPipeline(ApplyPipeline {
             name: "p".into(),
             spec_yaml: "y".into(),

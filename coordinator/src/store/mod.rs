@@ -7,19 +7,22 @@ mod bundle;
 mod mem_engine;
 mod raft_log;
 mod sled_engine;
+mod wal;
 
 pub use bulk::{LogRecord, chunk_key, read_chunks};
 pub use bundle::{bundle, unbundle};
 pub use mem_engine::MemEngine;
-pub use raft_log::{RaftStore, SavedSnapshot};
+pub use raft_log::{RaftStore, SavedSnapshot, stored_snapshot};
 pub use sled_engine::SledEngine;
+pub use wal::Wal;
 
 /// The key spaces. They share one engine so one batch can span them atomically.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tree {
-    /// Raft entries by big-endian index.
+    /// Raft entries by big-endian index: written only by older builds, read once to move
+    /// them into the `Wal`.
     RaftLog,
-    /// HardState, ConfState, the state snapshot and other single values.
+    /// ConfState, the state snapshot and other single values.
     Meta,
     /// Bulk data written by apply: log chunks.
     Logs,

@@ -1,12 +1,15 @@
 //! The Raft log, HardState, ConfState and the latest state-machine snapshot, implementing
-//! `raft::Storage` over an `Engine`. raft-rs calls `Storage` through `&self`, so the indexes it
-//! asks for most are cached behind a lock and only changed after a successful write.
+//! `raft::Storage`: entries and HardState in the append-only `Wal` (the hot path: one write and
+//! one fdatasync per Ready), ConfState and snapshots in the `Engine` beside the bulk data they
+//! cover. raft-rs calls `Storage` through `&self`, so the indexes it asks for most are cached
+//! behind a lock and only changed after a successful write.
 
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
+use super::wal::Wal;
 use super::{Batch, Engine, Result, StoreError, Tree};
 
 const HARD_STATE: &[u8] = b"hardstate";
@@ -27,6 +30,7 @@ struct Cache {
 
 pub struct RaftStore {
     engine: Arc<dyn Engine>,
+    wal: Wal,
     cache: RwLock<Cache>,
     /// Set when Raft asked for a snapshot the stored one cannot serve (too old a
     /// configuration); the node takes a fresh one.
@@ -51,10 +55,13 @@ fn encode<M: protobuf::Message>(m: &M) -> Result<Vec<u8>> {
 impl RaftStore {
     /// Opens the log. A store that was never initialised gets `voters` as its first
     /// configuration (etcd-style static bootstrap); pass none to join an existing cluster.
-    pub fn open(engine: Arc<dyn Engine>, voters: &[u64]) -> Result<Self> {
+    pub fn open(engine: Arc<dyn Engine>, wal: Wal, voters: &[u64]) -> Result<Self> {
+        if wal.is_empty() {
+            migrate_from_engine(engine.as_ref(), &wal)?;
+        }
         let mut c = Cache::default();
-        if let Some(b) = engine.get(Tree::Meta, HARD_STATE)? {
-            c.hs = decode("hardstate", &b)?;
+        if let Some(hs) = wal.hard_state() {
+            c.hs = hs;
         }
         if let Some(b) = engine.get(Tree::Meta, CONF_STATE)? {
             c.cs = decode("confstate", &b)?;
@@ -64,10 +71,14 @@ impl RaftStore {
             c.snap_index = snap.get_metadata().index;
             c.snap_term = snap.get_metadata().term;
         }
-        c.last_index = c.snap_index;
-        if let Some((k, _)) = last_entry_key(engine.as_ref())? {
-            c.last_index = k;
-        }
+        // Entries a snapshot covers may outlive a crash between the two writes.
+        wal.compact(c.snap_index)?;
+        c.last_index = wal
+            .bounds()
+            .map_or(c.snap_index, |(_, last)| last.max(c.snap_index));
+        // The snapshot was synced before the log learnt of it; Raft needs commit >= applied.
+        c.hs.commit = c.hs.commit.max(c.snap_index);
+        c.hs.term = c.hs.term.max(c.snap_term);
         let fresh = c.cs.voters.is_empty() && c.hs == HardState::default() && c.last_index == 0;
         if fresh && !voters.is_empty() {
             c.cs.voters = voters.to_vec();
@@ -78,6 +89,7 @@ impl RaftStore {
         }
         Ok(RaftStore {
             engine,
+            wal,
             cache: RwLock::new(c),
             snapshot_wanted: std::sync::atomic::AtomicBool::new(false),
         })
@@ -115,23 +127,7 @@ impl RaftStore {
         if entries.is_empty() && hs.is_none() {
             return Ok(());
         }
-        let mut b = Batch::default();
-        let old_last = self.last_index();
-        if let Some(last) = entries.last() {
-            for idx in (last.index + 1)..=old_last {
-                b.delete(Tree::RaftLog, &idx.to_be_bytes());
-            }
-            for e in entries {
-                b.put(Tree::RaftLog, &e.index.to_be_bytes(), encode(e)?);
-            }
-        }
-        if let Some(hs) = hs {
-            b.put(Tree::Meta, HARD_STATE, encode(hs)?);
-        }
-        self.engine.write(b)?;
-        if sync || !entries.is_empty() {
-            self.engine.sync()?;
-        }
+        self.wal.append(entries, hs, sync || !entries.is_empty())?;
         let mut c = self.cache_mut();
         if let Some(last) = entries.last() {
             c.last_index = last.index;
@@ -150,9 +146,7 @@ impl RaftStore {
             return Ok(());
         }
         hs.commit = commit;
-        let mut b = Batch::default();
-        b.put(Tree::Meta, HARD_STATE, encode(&hs)?);
-        self.engine.write(b)?;
+        self.wal.append(&[], Some(&hs), false)?;
         self.cache_mut().hs = hs;
         Ok(())
     }
@@ -168,10 +162,7 @@ impl RaftStore {
 
     /// The latest state-machine snapshot, if one was taken.
     pub fn load_snapshot(&self) -> Result<Option<SavedSnapshot>> {
-        self.engine
-            .get(Tree::Meta, SNAPSHOT)?
-            .map(|b| decode("snapshot", &b))
-            .transpose()
+        stored_snapshot(self.engine.as_ref())
     }
 
     /// Stores a snapshot durably (with all bulk data written before it), then drops the log
@@ -184,7 +175,6 @@ impl RaftStore {
         b.put(Tree::Meta, CONF_STATE, encode(meta.get_conf_state())?);
         self.engine.write(b)?;
         self.engine.sync()?;
-        let first = self.cache().snap_index + 1;
         {
             let mut c = self.cache_mut();
             c.snap_index = index;
@@ -194,12 +184,8 @@ impl RaftStore {
                 c.last_index = index;
             }
         }
-        let mut del = Batch::default();
-        for idx in first..=index {
-            del.delete(Tree::RaftLog, &idx.to_be_bytes());
-        }
         // Compaction need not be durable: leftover entries below the snapshot are ignored.
-        self.engine.write(del)
+        self.wal.compact(index)
     }
 
     /// Replaces everything with a snapshot received from the leader: its log chunks and
@@ -209,13 +195,6 @@ impl RaftStore {
         let meta = snap.get_metadata();
         let mut b = Batch::default();
         let state = super::unbundle(&snap.data, &mut b)?;
-        let (first, last) = {
-            let c = self.cache();
-            (c.snap_index + 1, c.last_index)
-        };
-        for idx in first..=last {
-            b.delete(Tree::RaftLog, &idx.to_be_bytes());
-        }
         let mut stored = snap.clone();
         stored.data = state.clone().into();
         b.put(Tree::Meta, SNAPSHOT, encode(&stored)?);
@@ -223,9 +202,11 @@ impl RaftStore {
         let mut hs = self.hard_state();
         hs.term = hs.term.max(meta.term);
         hs.commit = hs.commit.max(meta.index);
-        b.put(Tree::Meta, HARD_STATE, encode(&hs)?);
         self.engine.write(b)?;
         self.engine.sync()?;
+        // After the snapshot is durable; a crash in between leaves log entries that Raft
+        // treats as an uncommitted suffix and the leader overwrites.
+        self.wal.reset(&hs)?;
         let mut c = self.cache_mut();
         c.snap_index = meta.index;
         c.snap_term = meta.term;
@@ -240,22 +221,42 @@ impl RaftStore {
         self.snapshot_wanted
             .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
-
-    fn entry(&self, idx: u64) -> Result<Option<Entry>> {
-        self.engine
-            .get(Tree::RaftLog, &idx.to_be_bytes())?
-            .map(|b| decode("entry", &b))
-            .transpose()
-    }
 }
 
-fn last_entry_key(engine: &dyn Engine) -> Result<Option<(u64, Vec<u8>)>> {
-    // Entries are few after compaction; scanning from the start keeps the Engine trait small.
+/// The latest state-machine snapshot kept in `engine`, read without opening the log.
+pub fn stored_snapshot(engine: &dyn Engine) -> Result<Option<SavedSnapshot>> {
+    engine
+        .get(Tree::Meta, SNAPSHOT)?
+        .map(|b| decode("snapshot", &b))
+        .transpose()
+}
+
+/// Moves a log kept in the engine by older builds into the `Wal`, once.
+fn migrate_from_engine(engine: &dyn Engine, wal: &Wal) -> Result<()> {
+    let hs: Option<HardState> = engine
+        .get(Tree::Meta, HARD_STATE)?
+        .map(|b| decode("hardstate", &b))
+        .transpose()?;
     let rows = engine.scan(Tree::RaftLog, &[], None, usize::MAX)?;
-    Ok(rows.into_iter().last().and_then(|(k, v)| {
-        let idx = u64::from_be_bytes(k.as_slice().try_into().ok()?);
-        Some((idx, v))
-    }))
+    if hs.is_none() && rows.is_empty() {
+        return Ok(());
+    }
+    let mut entries = Vec::with_capacity(rows.len());
+    for (_, v) in &rows {
+        entries.push(decode::<Entry>("entry", v)?);
+    }
+    tracing::info!(
+        entries = entries.len(),
+        "moving the Raft log from the key-value store to its own file"
+    );
+    wal.append(&entries, hs.as_ref(), true)?;
+    let mut b = Batch::default();
+    b.delete(Tree::Meta, HARD_STATE);
+    for (k, _) in rows {
+        b.delete(Tree::RaftLog, &k);
+    }
+    engine.write(b)?;
+    engine.sync()
 }
 
 fn store_err(e: StoreError) -> raft::Error {
@@ -285,20 +286,13 @@ impl raft::Storage for RaftStore {
         if high > last + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        let rows = self
-            .engine
-            .scan(
-                Tree::RaftLog,
-                &low.to_be_bytes(),
-                Some(&high.to_be_bytes()),
-                (high - low) as usize,
-            )
-            .map_err(store_err)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (_, v) in rows {
-            out.push(decode::<Entry>("entry", &v).map_err(store_err)?);
+        let max_size = max_size.into();
+        let mut out = self.wal.entries(low, high, max_size).map_err(store_err)?;
+        if (out.is_empty() && low < high) || (max_size.is_none() && out.len() as u64 != high - low)
+        {
+            return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        raft::util::limit_size(&mut out, max_size.into());
+        raft::util::limit_size(&mut out, max_size);
         Ok(out)
     }
 
@@ -316,8 +310,8 @@ impl raft::Storage for RaftStore {
         if idx > last {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        match self.entry(idx).map_err(store_err)? {
-            Some(e) => Ok(e.term),
+        match self.wal.term(idx) {
+            Some(t) => Ok(t),
             None => Err(raft::Error::Store(StorageError::Unavailable)),
         }
     }
@@ -360,6 +354,10 @@ mod tests {
     use crate::store::MemEngine;
     use raft::Storage;
 
+    fn wal(dir: &tempfile::TempDir) -> Wal {
+        Wal::open(dir.path()).unwrap()
+    }
+
     fn entry(index: u64, term: u64) -> Entry {
         Entry {
             index,
@@ -372,10 +370,12 @@ mod tests {
     #[test]
     fn bootstrap_sets_voters_once() {
         let engine: Arc<dyn Engine> = Arc::new(MemEngine::default());
-        let s = RaftStore::open(engine.clone(), &[1]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let s = RaftStore::open(engine.clone(), wal(&dir), &[1]).unwrap();
         assert_eq!(s.conf_state().voters, vec![1]);
         s.persist(&[entry(1, 1)], None, true).unwrap();
-        let s = RaftStore::open(engine, &[7]).unwrap();
+        drop(s);
+        let s = RaftStore::open(engine, wal(&dir), &[7]).unwrap();
         assert_eq!(
             s.conf_state().voters,
             vec![1],
@@ -386,7 +386,8 @@ mod tests {
     #[test]
     fn persist_replaces_conflicting_suffix_and_compacts() {
         let engine: Arc<dyn Engine> = Arc::new(MemEngine::default());
-        let s = RaftStore::open(engine.clone(), &[1]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let s = RaftStore::open(engine.clone(), wal(&dir), &[1]).unwrap();
         s.persist(&[entry(1, 1), entry(2, 1), entry(3, 1)], None, true)
             .unwrap();
         s.persist(&[entry(2, 2)], None, true).unwrap();
@@ -410,7 +411,8 @@ mod tests {
             s.entries(1, 3, None, GetEntriesContext::empty(false)),
             Err(raft::Error::Store(StorageError::Compacted))
         ));
-        let reopened = RaftStore::open(engine, &[]).unwrap();
+        drop(s);
+        let reopened = RaftStore::open(engine, wal(&dir), &[]).unwrap();
         assert_eq!(reopened.first_index().unwrap(), 3);
         assert_eq!(reopened.last_index(), 2);
         assert!(
@@ -423,6 +425,42 @@ mod tests {
         assert_eq!(
             crate::store::unbundle(&sent.data, &mut b).unwrap(),
             b"state"
+        );
+    }
+
+    #[test]
+    fn a_log_kept_in_the_engine_by_an_older_build_moves_into_the_wal() {
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::default());
+        let mut b = Batch::default();
+        for e in [entry(1, 1), entry(2, 2)] {
+            b.put(Tree::RaftLog, &e.index.to_be_bytes(), encode(&e).unwrap());
+        }
+        let hs = HardState {
+            term: 2,
+            vote: 1,
+            commit: 2,
+            ..Default::default()
+        };
+        b.put(Tree::Meta, HARD_STATE, encode(&hs).unwrap());
+        engine.write(b).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let s = RaftStore::open(engine.clone(), wal(&dir), &[]).unwrap();
+        assert_eq!(s.hard_state(), hs);
+        assert_eq!(s.last_index(), 2);
+        assert_eq!(s.term(2).unwrap(), 2);
+        assert!(engine.get(Tree::Meta, HARD_STATE).unwrap().is_none());
+        assert!(
+            engine
+                .scan(Tree::RaftLog, &[], None, 10)
+                .unwrap()
+                .is_empty()
+        );
+        drop(s);
+        let s = RaftStore::open(engine, wal(&dir), &[]).unwrap();
+        assert_eq!(
+            s.last_index(),
+            2,
+            "the moved log is read from the wal after"
         );
     }
 }
