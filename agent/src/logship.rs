@@ -6,8 +6,10 @@
 //! - it cuts each attempt's bytes into chunks of at most `chunk_bytes`, numbered 0, 1, 2, ...
 //!   with no gaps;
 //! - it flushes when `batch_bytes` of new data have arrived or `flush_interval` (jittered ±20%)
-//!   after data first waits, sending every unacknowledged chunk in requests of at most
-//!   `batch_bytes` and `batch_chunks`;
+//!   after data first waits, sending the unacknowledged chunks in requests of at most
+//!   `batch_bytes` and `batch_chunks`, one request in flight so the coordinator sees them in
+//!   order; it keeps taking output while a request is out, so the next batch is ready when the
+//!   answer comes (production and shipping overlap instead of taking turns);
 //! - it keeps every chunk until a `LogAck` with `next_seq > seq` covers it. Chunks that a
 //!   response did not acknowledge, or that a failed call carried, are sent again on the next flush
 //!   (failures back off exponentially); the coordinator drops duplicates by seq;
@@ -20,6 +22,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,7 +67,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             chunk_bytes: 32 * 1024,
-            batch_bytes: 512 * 1024,
+            batch_bytes: 2 * 1024 * 1024,
             batch_chunks: 256,
             flush_interval: Duration::from_millis(100),
             max_buffered: 8 * 1024 * 1024,
@@ -72,6 +75,9 @@ impl Default for LogConfig {
         }
     }
 }
+
+/// The one `PushLogs` in flight.
+type Push = Pin<Box<dyn Future<Output = Result<Vec<LogAck>, tonic::Status>> + Send>>;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LogError {
@@ -214,6 +220,7 @@ impl AttemptState {
                 attempt: Some(key.to_ref()),
                 seq: self.next_seq,
                 data,
+                encoding: 0,
             });
             self.next_seq += 1;
         }
@@ -246,23 +253,35 @@ struct Shipper<S> {
 impl<S: LogSink> Shipper<S> {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>, stop: CancellationToken) {
         let mut open = true;
+        let mut inflight: Option<Push> = None;
         loop {
-            if !open && self.attempts.is_empty() {
+            if !open && self.attempts.is_empty() && inflight.is_none() {
                 return;
             }
             let take = open && self.buffered < self.config.max_buffered;
-            let due = self.flush_at;
+            // A flush falls due only between requests; one that comes due meanwhile waits.
+            let due = if inflight.is_none() {
+                self.flush_at
+            } else {
+                None
+            };
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
+                answer = async { inflight.as_mut().expect("guarded by the condition").await },
+                    if inflight.is_some() =>
+                {
+                    inflight = None;
+                    self.answered(answer);
+                }
                 msg = rx.recv(), if take => match msg {
                     Some(msg) => self.handle(msg),
                     None => open = false,
                 },
-                _ = wait_until(due) => self.flush().await,
+                _ = wait_until(due) => inflight = self.start_push(),
             }
-            if self.fresh >= self.config.batch_bytes && !self.retrying {
-                self.flush().await;
+            if inflight.is_none() && self.fresh >= self.config.batch_bytes && !self.retrying {
+                inflight = self.start_push();
             }
         }
     }
@@ -299,7 +318,7 @@ impl<S: LogSink> Shipper<S> {
                     return;
                 };
                 state.finishing = Some(done);
-                if !state.pending.is_empty() {
+                if !state.is_drained() {
                     self.schedule(Duration::ZERO);
                 }
                 self.settle();
@@ -321,63 +340,74 @@ impl<S: LogSink> Shipper<S> {
         self.flush_at = Some(self.flush_at.map_or(at, |cur| cur.min(at)));
     }
 
-    /// Sends every unacknowledged chunk, in requests of at most `batch_bytes`.
-    async fn flush(&mut self) {
+    /// Starts one request with the oldest unacknowledged chunks (at most `batch_bytes` and
+    /// `batch_chunks`), or returns `None` when there is nothing to send.
+    fn start_push(&mut self) -> Option<Push> {
         self.flush_at = None;
         self.fresh = 0;
         self.retrying = false;
         let chunk_bytes = self.config.chunk_bytes;
-        let mut ids = Vec::new();
-        for (key, state) in &mut self.attempts {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        'attempts: for (key, state) in &mut self.attempts {
             state.cut(key, chunk_bytes, true);
-            ids.extend(state.unacked.iter().map(|c| (key.clone(), c.seq)));
-        }
-        let mut next = 0;
-        while next < ids.len() {
-            let mut batch = Vec::new();
-            let mut bytes = 0;
-            while let Some((key, seq)) = ids.get(next) {
-                if let Some(chunk) = self.lookup(key, *seq) {
-                    let full = bytes + chunk.data.len() > self.config.batch_bytes
-                        || batch.len() >= self.config.batch_chunks;
-                    if !batch.is_empty() && full {
-                        break;
-                    }
-                    bytes += chunk.data.len();
-                    batch.push(chunk.clone());
+            for chunk in &state.unacked {
+                let full = bytes + chunk.data.len() > self.config.batch_bytes
+                    || batch.len() >= self.config.batch_chunks;
+                if !batch.is_empty() && full {
+                    break 'attempts;
                 }
-                next += 1;
-            }
-            if batch.is_empty() {
-                continue;
-            }
-            match self.sink.push(batch).await {
-                Ok(acks) => self.apply(acks),
-                Err(status) => {
-                    let delay = self.backoff.next_delay();
-                    warn!(code = ?status.code(), error = %status.message(), retry_in = ?delay,
-                        "pushing logs failed; unacknowledged chunks will be resent");
-                    self.flush_at = Some(Instant::now() + delay);
-                    self.retrying = true;
-                    self.settle();
-                    return;
-                }
+                bytes += chunk.data.len();
+                // Compressed per request, so the byte accounting stays in raw bytes.
+                let (data, encoding) = cd_common::logcodec::encode(&chunk.data);
+                batch.push(LogChunk {
+                    attempt: chunk.attempt.clone(),
+                    seq: chunk.seq,
+                    data,
+                    encoding,
+                });
             }
         }
-        self.backoff.reset();
-        self.settle();
-        if self.attempts.values().any(|s| !s.is_drained()) {
-            self.schedule(jitter(self.config.flush_interval, 0.2));
+        if batch.is_empty() {
+            self.settle();
+            return None;
         }
+        let sink = self.sink.clone();
+        Some(Box::pin(async move { sink.push(batch).await }))
     }
 
-    fn lookup(&self, key: &AttemptKey, seq: u64) -> Option<&LogChunk> {
-        let state = self.attempts.get(key)?;
-        let first = state.unacked.front()?.seq;
-        let chunk = state
-            .unacked
-            .get(usize::try_from(seq.checked_sub(first)?).ok()?)?;
-        (chunk.seq == seq).then_some(chunk)
+    /// Takes a request's answer: drops what it acknowledged, and decides when the next goes.
+    fn answered(&mut self, answer: Result<Vec<LogAck>, tonic::Status>) {
+        match answer {
+            Ok(acks) => {
+                self.apply(acks);
+                self.backoff.reset();
+                self.settle();
+                let waiting: usize = self
+                    .attempts
+                    .values()
+                    .flat_map(|s| s.unacked.iter())
+                    .map(|c| c.data.len())
+                    .sum();
+                let finishing = self
+                    .attempts
+                    .values()
+                    .any(|s| s.finishing.is_some() && !s.is_drained());
+                if waiting >= self.config.batch_bytes || finishing {
+                    self.schedule(Duration::ZERO);
+                } else if self.attempts.values().any(|s| !s.is_drained()) {
+                    self.schedule(jitter(self.config.flush_interval, 0.2));
+                }
+            }
+            Err(status) => {
+                let delay = self.backoff.next_delay();
+                warn!(code = ?status.code(), error = %status.message(), retry_in = ?delay,
+                    "pushing logs failed; unacknowledged chunks will be resent");
+                self.flush_at = Some(Instant::now() + delay);
+                self.retrying = true;
+                self.settle();
+            }
+        }
     }
 
     fn apply(&mut self, acks: Vec<LogAck>) {

@@ -111,6 +111,15 @@ impl AgentApi for FakeApi {
 
 impl LogSink for FakeApi {
     async fn push(&self, chunks: Vec<LogChunk>) -> Result<Vec<LogAck>, Status> {
+        // Decoded as the coordinator does, so tests see the bytes the stage printed.
+        let mut decoded = Vec::with_capacity(chunks.len());
+        for mut c in chunks {
+            c.data = cd_common::logcodec::decode(&c.data, c.encoding, usize::MAX)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            c.encoding = cd_common::logcodec::RAW;
+            decoded.push(c);
+        }
+        let chunks = decoded;
         let mut state = self.lock();
         state.pushes.push(chunks.clone());
         if state.fail_pushes > 0 {

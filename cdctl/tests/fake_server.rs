@@ -73,6 +73,7 @@ fn chunk(attempt: u32, seq: u64, data: &str) -> LogChunk {
         }),
         seq,
         data: data.as_bytes().to_vec(),
+        encoding: 0,
     }
 }
 

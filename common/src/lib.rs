@@ -3,6 +3,7 @@
 
 pub mod certs;
 pub mod duration;
+pub mod logcodec;
 pub mod names;
 pub mod spec;
 pub mod telemetry;

@@ -178,6 +178,7 @@ mod tests {
             }),
             seq,
             data: data.as_bytes().to_vec(),
+            encoding: 0,
         })
     }
 

@@ -331,6 +331,7 @@ mod tests {
             }),
             seq: 3,
             data: b"hi\xff\n".to_vec(),
+            encoding: 0,
         };
         assert_eq!(
             log_chunk(&c),

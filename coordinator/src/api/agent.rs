@@ -255,10 +255,14 @@ impl AgentService for AgentApi {
                     ),
                 ));
             }
+            // Checked here, on the leader, so apply never meets a chunk it cannot decode.
+            cd_common::logcodec::decode(&c.data, c.encoding, limits.max_log_chunk)
+                .map_err(|e| invalid("chunks.data", e.to_string()))?;
             chunks.push(cmd::LogChunk {
                 key: Some(key(&r.agent, c.attempt)?),
                 seq: c.seq,
                 data: c.data,
+                encoding: c.encoding,
             });
         }
         let out = self

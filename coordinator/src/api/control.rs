@@ -382,6 +382,7 @@ impl ControlService for ControlApi {
                             }),
                             seq: c.seq,
                             data: c.data,
+                            encoding: 0,
                         };
                         if tx.send(Ok(chunk)).await.is_err() {
                             return;

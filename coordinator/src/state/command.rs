@@ -154,7 +154,13 @@ pub struct LogChunk {
     pub seq: u64,
     #[prost(bytes = "vec", tag = "3")]
     pub data: Vec<u8>,
+    /// `LOG_RAW` or `LOG_LZ4` (see `LogChunk.encoding` in types.proto).
+    #[prost(uint32, tag = "4")]
+    pub encoding: u32,
 }
+
+pub const LOG_RAW: u32 = 0;
+pub const LOG_LZ4: u32 = 1;
 
 /// Chunks from one or many agents, group-committed in one entry.
 #[derive(Clone, PartialEq, prost::Message)]

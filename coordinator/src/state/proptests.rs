@@ -167,6 +167,7 @@ fn to_kind(k: &Kit, op: &Op) -> Option<Kind> {
                     key: Some(Kit::key(&run, st, attempts(&run, st), "")),
                     seq: *seq,
                     data: vec![1],
+                    encoding: 0,
                 }],
             })
         }

@@ -255,6 +255,7 @@ fn log_chunks_are_deduplicated_ordered_and_fenced() {
         key: Some(Kit::key(&run, "build", 1, agent)),
         seq,
         data: vec![seq as u8],
+        encoding: 0,
     };
     let a = k.apply(Kind::AppendLogs(AppendLogs {
         chunks: vec![

@@ -16,13 +16,58 @@ use super::report::Value;
 
 pub const AGENT: &str = "bench-logs";
 const PIPELINE: &str = "bench-logs";
-/// Line `i` is `i` in 8 digits, a space and 70 zeros: 80 bytes with its newline.
+/// Line `i` is `i` in 8 digits, a space and 70 bytes of log-like text (a clock, a level, a
+/// module and a test case picked by a hash of `i`): 80 bytes with its newline. Like real build
+/// output it repeats words but not whole lines, so LZ4 (the agent compresses chunks) shrinks it
+/// about as much as real logs, not as much as the all-zero lines used before (`line`, below,
+/// makes the same text for checking).
 const SPEC: &str = r#"name: bench-logs
 stages:
   - name: print
     run: |
-      awk -v n="$LINES" 'BEGIN { pad = sprintf("%070d", 0); for (i = 0; i < n; i++) printf "%08d %s\n", i, pad }'
+      awk -v n="$LINES" 'BEGIN {
+        split("INFO DEBUG WARN INFO", lv, " ");
+        split("scheduler runner api store gate agent deploy metrics", md, " ");
+        split("assign apply start finish check push read write", fn, " ");
+        for (i = 0; i < n; i++) {
+          h = (i * 7919 + 13) % 10007;
+          t = sprintf("12:%02d:%02d.%03d %-5s %s::%s case_%05d took %d.%03ds", int(i / 60000) % 60, int(i / 1000) % 60, i % 1000, lv[h % 4 + 1], md[h % 8 + 1], fn[int(h / 8) % 8 + 1], h, h % 7, (h * 31) % 1000);
+          printf "%08d %-70.70s\n", i, t
+        }
+      }'
 "#;
+
+/// Line `i` as the stage prints it, newline included.
+fn line(i: u64) -> String {
+    const LV: [&str; 4] = ["INFO", "DEBUG", "WARN", "INFO"];
+    const MD: [&str; 8] = [
+        "scheduler",
+        "runner",
+        "api",
+        "store",
+        "gate",
+        "agent",
+        "deploy",
+        "metrics",
+    ];
+    const FN: [&str; 8] = [
+        "assign", "apply", "start", "finish", "check", "push", "read", "write",
+    ];
+    let h = (i * 7919 + 13) % 10007;
+    let t = format!(
+        "12:{:02}:{:02}.{:03} {:<5} {}::{} case_{:05} took {}.{:03}s",
+        (i / 60000) % 60,
+        (i / 1000) % 60,
+        i % 1000,
+        LV[(h % 4) as usize],
+        MD[(h % 8) as usize],
+        FN[((h / 8) % 8) as usize],
+        h,
+        h % 7,
+        (h * 31) % 1000
+    );
+    format!("{i:08} {t:<70.70}\n")
+}
 pub const LINE_BYTES: usize = 80;
 /// The largest count whose line numbers still fit in 8 digits.
 pub const MAX_LINES: u64 = 99_999_999;
@@ -120,16 +165,13 @@ fn verify(log: &[u8], n: u64) -> Result<()> {
             log.len()
         );
     }
-    let pad = "0".repeat(LINE_BYTES - 10);
-    let mut want = String::with_capacity(LINE_BYTES);
-    for (i, line) in log.chunks(LINE_BYTES).enumerate() {
-        want.clear();
-        want.push_str(&format!("{i:08} {pad}\n"));
-        if line != want.as_bytes() {
+    for (i, got) in log.chunks(LINE_BYTES).enumerate() {
+        let want = line(i as u64);
+        if got != want.as_bytes() {
             bail!(
                 "STORED LOG DIFFERS at line {i} of {n}: expected {:?}, found {:?}",
                 want,
-                String::from_utf8_lossy(line)
+                String::from_utf8_lossy(got)
             );
         }
     }
@@ -141,10 +183,35 @@ mod tests {
     use super::*;
 
     fn lines(n: usize) -> Vec<u8> {
-        let pad = "0".repeat(70);
-        (0..n)
-            .flat_map(|i| format!("{i:08} {pad}\n").into_bytes())
-            .collect()
+        (0..n as u64).flat_map(|i| line(i).into_bytes()).collect()
+    }
+
+    /// The awk program and `line` must agree byte for byte.
+    #[test]
+    fn awk_prints_what_line_expects() {
+        let spec = cd_common::spec::parse(SPEC, "bench-logs.yaml").expect("valid spec");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&spec.stages[0].run)
+            .env("LINES", "2500")
+            .output()
+            .expect("sh runs");
+        assert!(out.status.success());
+        assert!(
+            verify(&out.stdout, 2500).is_ok(),
+            "{:?}",
+            verify(&out.stdout, 2500)
+        );
+    }
+
+    /// How much the agent's LZ4 shrinks this text, for BENCHMARKS.md.
+    #[test]
+    fn the_text_compresses_like_logs_not_like_zeros() {
+        let text = lines(1000);
+        let (packed, _) = cd_common::logcodec::encode(&text[..32 * 1024]);
+        let ratio = (32 * 1024) as f64 / packed.len() as f64;
+        eprintln!("bench log text: LZ4 ratio {ratio:.2} per 32 KiB chunk");
+        assert!((1.5..6.0).contains(&ratio), "ratio {ratio:.2}");
     }
 
     #[test]
