@@ -50,7 +50,7 @@ pub trait LogSink: Send + Sync + 'static {
 pub struct LogConfig {
     /// Largest chunk (32 KiB).
     pub chunk_bytes: usize,
-    /// Largest request, and the amount of new data that triggers a flush (512 KiB: with one
+    /// Largest request, and the amount of new data that triggers a flush (2 MiB: with one
     /// request in flight, each a Raft commit, throughput is this much per commit round trip).
     pub batch_bytes: usize,
     /// Most chunks in one request (the coordinator refuses more than 1024).
