@@ -62,6 +62,7 @@ fn stage(name: &str, run: &str, needs: &[&str]) -> StageSpec {
         rollback: None,
         on_failure: OnFailure::Fail,
         artifacts: Vec::new(),
+        monitor: None,
     }
 }
 
