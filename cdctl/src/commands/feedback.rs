@@ -38,7 +38,10 @@ pub async fn incident(ctx: &Ctx, cmd: IncidentCommand) -> anyhow::Result<()> {
                     c.resolve_incident(req.clone()).await
                 })
                 .await?;
-            ctx.show(|| incidents_table(&[i.clone()], now), || incident_json(&i))
+            ctx.show(
+                || incidents_table(std::slice::from_ref(&i), now),
+                || incident_json(&i),
+            )
         }
         IncidentCommand::List { env, open } => {
             let req = ListIncidentsRequest {
