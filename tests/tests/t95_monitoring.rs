@@ -92,6 +92,23 @@ async fn release(
     Ok(run.id)
 }
 
+/// A free port on 127.0.0.1 (bound and released) for `--metrics-listen`.
+fn free_addr() -> anyhow::Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.to_string())
+}
+
+/// The whole response to a plain-HTTP GET.
+async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
 fn int(v: &Value, field: &str) -> i64 {
     v[field]
         .as_i64()
@@ -111,7 +128,8 @@ fn close(a: f64, b: f64) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_monitor_rolls_back_opens_and_resolves_an_incident_and_feeds_the_metrics()
 -> anyhow::Result<()> {
-    let s = Single::start(&["agent-1"], &[], &[]).await?;
+    let metrics_addr = free_addr()?;
+    let s = Single::start(&["agent-1"], &["--metrics-listen", &metrics_addr], &[]).await?;
     let scripts = s.path("scripts");
     let site = s.path("site");
     std::fs::create_dir_all(&scripts)?;
@@ -300,6 +318,29 @@ async fn a_failing_monitor_rolls_back_opens_and_resolves_an_incident_and_feeds_t
     let text = cdctl_ok(&s, &["metrics"]);
     assert!(text.contains("MTTR") && text.contains("MTBF"), "{text}");
     assert!(text.contains("(1 of 2 deployments)"), "{text}");
+
+    // The same figures as Prometheus gauges.
+    let scrape = http_get(&metrics_addr, "/metrics").await?;
+    assert!(scrape.starts_with("HTTP/1.1 200 OK\r\n"), "{scrape}");
+    let gauge = |name: &str| -> f64 {
+        let prefix = format!("{name}{{env=\"production\"}} ");
+        scrape
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {scrape}"))
+    };
+    assert!(
+        close(gauge("conveyor_mttr_seconds"), recovery as f64 / 1000.0),
+        "{scrape}"
+    );
+    assert_eq!(gauge("conveyor_failures"), 1.0);
+    assert_eq!(gauge("conveyor_change_failure_rate"), 0.5);
+    let mtbf = gauge("conveyor_mtbf_seconds");
+    assert!(
+        mtbf >= (operating - recovery) as f64 / 1000.0,
+        "later scrape, longer MTBF: {scrape}"
+    );
 
     // An incident by hand: opened, resolved, and counted as a second failure.
     let opened2 = cdctl_json(
