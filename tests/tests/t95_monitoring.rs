@@ -5,6 +5,8 @@
 //! from the recorded times (`cdctl incident list`, the deployment history).
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cd_proto::v1 as pb;
@@ -26,7 +28,10 @@ const HEALTHCHECK: &str = r#"if [ -f "$SITE/broken" ]; then echo "unhealthy: $(c
 echo "healthy: $(cat "$SITE/current")"
 "#;
 
-fn pipeline(scripts: &Path, site: &Path) -> String {
+/// The monitor's probe: the health-check script.
+const COMMAND_PROBE: &str = "command: sh ./healthcheck.sh";
+
+fn pipeline(scripts: &Path, site: &Path, probe: &str) -> String {
     format!(
         "name: svc
 source: {{ path: {scripts} }}
@@ -46,7 +51,7 @@ stages:
       duration: 1500ms
       interval: 150ms
       failure_threshold: 3
-      command: sh ./healthcheck.sh
+      {probe}
 ",
         scripts = scripts.display(),
         site = site.display()
@@ -137,7 +142,7 @@ async fn a_failing_monitor_rolls_back_opens_and_resolves_an_incident_and_feeds_t
     std::fs::write(scripts.join("deploy.sh"), DEPLOY)?;
     std::fs::write(scripts.join("healthcheck.sh"), HEALTHCHECK)?;
     let mut c = s.client().await?;
-    apply_pipeline(&mut c, &pipeline(&scripts, &site), &scripts).await?;
+    apply_pipeline(&mut c, &pipeline(&scripts, &site, COMMAND_PROBE), &scripts).await?;
 
     // v1: deployed, healthy for the whole watch.
     let t0 = cd_common::time::now_ms();
@@ -388,5 +393,117 @@ async fn a_failing_monitor_rolls_back_opens_and_resolves_an_incident_and_feeds_t
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
+    Ok(())
+}
+
+/// Answers every GET with 503 while `$SITE/broken` exists, else 200; counts requests.
+async fn site_server(site: std::path::PathBuf) -> anyhow::Result<(String, Arc<AtomicUsize>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/health", listener.local_addr()?);
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let broken = site.join("broken").exists();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let _ = s.read(&mut buf).await;
+                let status = if broken {
+                    "503 Service Unavailable"
+                } else {
+                    "200 OK"
+                };
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await;
+            });
+        }
+    });
+    Ok((url, hits))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_probe_that_starts_failing_rolls_back_and_its_recheck_resolves_the_incident()
+-> anyhow::Result<()> {
+    let s = Single::start(&["agent-1"], &[], &[]).await?;
+    let scripts = s.path("scripts");
+    let site = s.path("site");
+    std::fs::create_dir_all(&scripts)?;
+    std::fs::create_dir_all(&site)?;
+    std::fs::write(scripts.join("deploy.sh"), DEPLOY)?;
+    let (url, hits) = site_server(site.clone()).await?;
+    let probe = format!("http: {{ url: \"{url}\", expect_status: 200 }}");
+    let mut c = s.client().await?;
+    apply_pipeline(&mut c, &pipeline(&scripts, &site, &probe), &scripts).await?;
+
+    let v1 = release(&mut c, "v1", 0, &[]).await?;
+    let run = s.wait_final(&v1, RUN_TIMEOUT).await?;
+    assert_eq!(
+        run.state,
+        RunState::Succeeded as i32,
+        "{}",
+        describe(Some(&run))
+    );
+    let log = String::from_utf8(logs(&mut c, &v1, "monitor").await?)?;
+    assert!(
+        log.contains(&format!("ok (GET {url}: status 200 (expected 200))")),
+        "{log}"
+    );
+    let after_v1 = hits.load(Ordering::SeqCst);
+    assert!(after_v1 >= 5, "about 1500ms / 150ms checks, got {after_v1}");
+
+    let v2 = release(&mut c, "v2", 0, &[("BREAK", "1")]).await?;
+    let run = s.wait_final(&v2, RUN_TIMEOUT).await?;
+    assert_eq!(
+        stage(&run, "monitor").state,
+        StageState::Failed as i32,
+        "{}",
+        describe(Some(&run))
+    );
+    let log = String::from_utf8(logs(&mut c, &v2, "monitor").await?)?;
+    assert!(
+        log.contains("FAIL (GET ") && log.contains("status 503 (expected 200)"),
+        "{log}"
+    );
+
+    let incident = eventually(
+        "the incident to be resolved by the rollback",
+        RUN_TIMEOUT,
+        || async {
+            let list = cdctl_json(&s, &["incident", "list"]);
+            (list[0]["status"] == "rollback").then(|| list[0].clone())
+        },
+    )
+    .await?;
+    let rollback = incident["rollback_run"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let rb = s.wait_final(&rollback, RUN_TIMEOUT).await?;
+    assert_eq!(
+        rb.state,
+        RunState::Succeeded as i32,
+        "{}",
+        describe(Some(&rb))
+    );
+    let check_log = String::from_utf8(logs(&mut c, &rollback, "monitor").await?)?;
+    assert!(
+        check_log.contains("until the first passing check"),
+        "{check_log}"
+    );
+    assert!(
+        check_log.contains("check 1 at ") && !check_log.contains("check 2 at "),
+        "{check_log}"
+    );
+    let passed_at = stage(&rb, "monitor")
+        .attempts
+        .last()
+        .and_then(|a| a.result.as_ref())
+        .map(|r| r.check_at_ms)
+        .expect("result");
+    assert_eq!(int(&incident, "resolved_ms"), passed_at);
+    assert_eq!(std::fs::read_to_string(site.join("current"))?.trim(), "v1");
     Ok(())
 }
