@@ -122,8 +122,8 @@ pub enum Command {
     /// MTTR = total recovery time / number of failures; MTBF = (total operating time - total
     /// recovery time) / number of failures. A failure is an incident opened in the window; its
     /// recovery time runs until it was resolved (until now while open). Operating time runs
-    /// from the start of the window, or from the environment's first deployment if later, to
-    /// now. DORA: deployment frequency (successful release deployments per day of operating
+    /// from the start of the window, or from the environment's first successful deployment if
+    /// later, to now. DORA: deployment frequency (successful release deployments per day of operating
     /// time), lead time for changes (deployment finished - commit time; the run's creation
     /// time when the commit time is unknown, which the output says), change failure rate
     /// (deployments that failed, were rolled back or had an incident opened against them /

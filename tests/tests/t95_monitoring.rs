@@ -49,8 +49,9 @@ stages:
     on_failure: rollback
     monitor:
       duration: 1500ms
-      interval: 150ms
+      interval: 150ms  # a check may take longer on a loaded machine (timeout below)
       failure_threshold: 3
+      timeout: 10s
       {probe}
 ",
         scripts = scripts.display(),

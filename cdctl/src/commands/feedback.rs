@@ -317,6 +317,49 @@ mod tests {
     }
 
     #[test]
+    fn incident_rows_show_cause_duration_and_resolver() {
+        let i = Incident {
+            id: 1,
+            environment: "production".into(),
+            opened_ms: 1_000,
+            resolved_ms: 91_000,
+            reason: "stage monitor failed".into(),
+            opened_by: "monitor".into(),
+            deployment: 2,
+            run_id: "svc-2".into(),
+            stage: "monitor".into(),
+            rollback_run: "svc-3".into(),
+            status: "rollback".into(),
+            resolved_by: "svc-3".into(),
+            restored_by_deployment: 3,
+            note: String::new(),
+        };
+        let open = Incident {
+            id: 2,
+            resolved_ms: 0,
+            status: "open".into(),
+            deployment: 3,
+            run_id: String::new(),
+            resolved_by: String::new(),
+            ..i.clone()
+        };
+        let text = incidents_table(&[i.clone(), open], 31_000);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("ID  ENV"), "{text}");
+        assert!(
+            lines[1].contains("rollback") && lines[1].contains("1m30s"),
+            "{text}"
+        );
+        assert!(lines[1].contains("deployment 2 (svc-2/monitor)"), "{text}");
+        assert!(
+            lines[2].contains("open") && lines[2].contains("30s"),
+            "{text}"
+        );
+        assert!(lines[2].contains("deployment 3  "), "{text}");
+        assert_eq!(incident_json(&i)["restored_by_deployment"], 3);
+    }
+
+    #[test]
     fn since_takes_a_duration_or_all() {
         assert_eq!(crate::cli::parse_window("30d"), Ok(30 * 86_400_000));
         assert_eq!(crate::cli::parse_window("all"), Ok(0));

@@ -173,6 +173,11 @@ pub fn pipeline(p: &state::Pipeline, v: &state::PipelineVersion) -> pb::Pipeline
     }
 }
 
+/// The command of a monitoring stage's assignment: agents that know `monitor` ignore it; an
+/// older one runs it, and the stage fails instead of passing without a single check.
+pub const OLD_AGENT_MONITOR: &str =
+    "echo 'this agent does not support monitoring stages (monitor:); upgrade cd-agent' >&2; exit 1";
+
 /// The assignment an agent receives for a live attempt: everything it needs to run the stage
 /// without asking again. Env precedence: pipeline `env`, then stage `env`, then run params.
 pub fn assignment(st: &State, run_id: &str, stage_name: &str, n: u32) -> Option<pb::Assignment> {
@@ -200,7 +205,11 @@ pub fn assignment(st: &State, run_id: &str, stage_name: &str, n: u32) -> Option<
         }),
         pipeline: run.pipeline.clone(),
         revision: run.revision.clone(),
-        command: spec.run.clone(),
+        command: match &spec.monitor {
+            // An agent too old to know `monitor` runs this instead of passing silently.
+            Some(_) => OLD_AGENT_MONITOR.to_string(),
+            None => spec.run.clone(),
+        },
         env,
         timeout_ms: spec.timeout_ms.unwrap_or(0),
         lease_until_ms: a.lease_until_ms,
@@ -287,5 +296,47 @@ pub fn metrics(f: &Figures) -> pb::Metrics {
         change_failure_rate: f.change_failure_rate,
         restore_median_ms: f.restore_median_ms,
         restored: f.restored,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::command::{AssignStage, Kind};
+    use crate::state::testkit::{Kit, exit, monitored_pipeline};
+
+    #[test]
+    fn a_monitor_stage_is_assigned_with_its_checks_and_a_command_old_agents_fail() {
+        let mut k = Kit::new(&monitored_pipeline());
+        let run = k.start_run("svc");
+        k.run_stage(&run, "build", "a1", exit(0));
+        k.run_stage(&run, "deploy", "a1", exit(0));
+        k.ok(Kind::AssignStage(AssignStage {
+            run_id: run.clone(),
+            stage: "monitor".into(),
+            attempt: 1,
+            agent: "a1".into(),
+            lease_until_ms: k.now + 10_000,
+            term: 1,
+        }));
+        let a = assignment(&k.state, &run, "monitor", 1).expect("assignment");
+        assert_eq!(a.command, OLD_AGENT_MONITOR);
+        let m = a.monitor.expect("monitor");
+        assert_eq!(
+            (
+                m.duration_ms,
+                m.interval_ms,
+                m.failure_threshold,
+                m.timeout_ms
+            ),
+            (60_000, 1_000, 3, 1_000)
+        );
+        assert_eq!(
+            m.probe,
+            Some(pb::monitor_spec::Probe::Command("./healthcheck.sh".into()))
+        );
+        let deploy = assignment(&k.state, &run, "deploy", 1).expect("assignment");
+        assert!(deploy.monitor.is_none());
+        assert_eq!(deploy.command, "echo deploy");
     }
 }

@@ -8,7 +8,7 @@ use super::control::ControlApi;
 use super::status::{from_propose, invalid};
 use super::{convert, identity};
 use crate::state::command as cmd;
-use crate::state::{Kind, Outcome, metrics};
+use crate::state::{Kind, MAX_INCIDENT_TEXT as MAX_TEXT, Outcome, metrics};
 
 impl ControlApi {
     fn incident_pb(&self, id: u64) -> Result<pb::Incident, Status> {
@@ -37,6 +37,7 @@ impl ControlApi {
         if r.environment.is_empty() {
             return Err(invalid("environment", "required"));
         }
+        check_text("reason", &r.reason, true)?;
         let out = self
             .node
             .propose(Kind::OpenIncident(cmd::OpenIncident {
@@ -58,6 +59,7 @@ impl ControlApi {
         if r.id == 0 {
             return Err(invalid("id", "required (incident ids start at 1)"));
         }
+        check_text("note", &r.note, false)?;
         let out = self
             .node
             .propose(Kind::ResolveIncident(cmd::ResolveIncident {
@@ -103,9 +105,33 @@ impl ControlApi {
         } else {
             now.saturating_sub(window).max(0)
         };
-        let figures = self
-            .node
-            .read(|st| metrics::compute(st, &r.environment, since, now));
-        Ok(Response::new(convert::metrics(&figures)))
+        let figures = self.node.read(|st| {
+            let known = st
+                .deployments
+                .iter()
+                .any(|d| d.environment == r.environment);
+            known.then(|| metrics::compute(st, &r.environment, since, now))
+        });
+        match figures {
+            Some(f) => Ok(Response::new(convert::metrics(&f))),
+            None => Err(Status::not_found(format!(
+                "environment {:?} has no deployments",
+                r.environment
+            ))),
+        }
     }
+}
+
+/// Refuses text the state machine would refuse, before it is proposed.
+fn check_text(field: &str, text: &str, required: bool) -> Result<(), Status> {
+    if required && text.trim().is_empty() {
+        return Err(invalid(field, "required"));
+    }
+    if text.len() > MAX_TEXT {
+        return Err(invalid(
+            field,
+            format!("{} bytes exceeds the limit of {MAX_TEXT} bytes", text.len()),
+        ));
+    }
+    Ok(())
 }

@@ -15,7 +15,7 @@ mod runs;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 #[cfg(test)]
 mod tests;
 
@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 pub use command::{AttemptKey, Command, Kind};
+pub use incidents::MAX_TEXT as MAX_INCIDENT_TEXT;
 pub use model::*;
 
 /// Version of the snapshot encoding of `State`.
