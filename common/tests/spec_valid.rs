@@ -447,7 +447,7 @@ fn image_references_docker_accepts() {
 
 #[test]
 fn monitor_stages_parse_with_their_defaults() {
-    let yaml = "name: p\nstages:\n  - name: deploy\n    run: ./deploy.sh\n    environment: production\n  - name: watch\n    needs: [deploy]\n    on_failure: rollback\n    monitor:\n      duration: 2m\n      interval: 10s\n      command: ./healthcheck.sh\n  - name: probe\n    needs: [deploy]\n    monitor:\n      duration: 1m\n      interval: 250ms\n      failure_threshold: 5\n      timeout: 2s\n      http: { url: \"http://127.0.0.1:8080/health\", expect_status: 204 }\n";
+    let yaml = "name: p\nstages:\n  - name: deploy\n    run: ./deploy.sh\n    environment: production\n  - name: watch\n    needs: [deploy]\n    on_failure: rollback\n    monitor:\n      duration: 2m\n      interval: 10s\n      command: ./healthcheck.sh\n  - name: probe\n    needs: [deploy]\n    monitor:\n      duration: 1m\n      interval: 250ms\n      failure_threshold: 5\n      http: { url: \"http://127.0.0.1:8080/health\", expect_status: 204, timeout: 2s }\n";
     let spec = parse(yaml, "p.yaml").expect("valid");
     let watch = spec.stage("watch").expect("watch");
     assert_eq!(watch.run, "", "a monitoring stage has no script");

@@ -99,7 +99,7 @@ const MONITOR_FIELDS: &[&str] = &[
     "command",
     "http",
 ];
-const HTTP_FIELDS: &[&str] = &["url", "expect_status"];
+const HTTP_FIELDS: &[&str] = &["url", "expect_status", "timeout"];
 /// Largest `monitor.failure_threshold` accepted.
 pub const MAX_FAILURE_THRESHOLD: u32 = 1000;
 const RESOURCE_FIELDS: &[&str] = &["cpus", "memory"];
@@ -733,7 +733,8 @@ fn positive_duration(field: &Field, what: &str) -> R<u64> {
 }
 
 /// `monitor:`: `duration` and `interval` (required), `failure_threshold` (default 3),
-/// `timeout` of one check (default: the interval), and exactly one of `command` or `http`.
+/// `timeout` of one check (default: the interval; for `http` it may sit inside `http`), and
+/// exactly one of `command` or `http`.
 fn monitor(field: &Field) -> R<MonitorSpec> {
     let fields = Fields::new(field.value, &field.path, MONITOR_FIELDS)?;
     let duration_field = fields.require("duration")?;
@@ -757,9 +758,9 @@ fn monitor(field: &Field) -> R<MonitorSpec> {
         }
         None => 3,
     };
-    let timeout_ms = match fields.get("timeout") {
-        Some(f) => positive_duration(&f, "timeout")?,
-        None => interval_ms,
+    let mut timeout_ms = match fields.get("timeout") {
+        Some(f) => Some(positive_duration(&f, "timeout")?),
+        None => None,
     };
     let probe = match (fields.get("command"), fields.get("http")) {
         (Some(_), Some(h)) => {
@@ -772,7 +773,18 @@ fn monitor(field: &Field) -> R<MonitorSpec> {
         (Some(c), None) => Probe::Command {
             command: c.non_empty()?,
         },
-        (None, Some(h)) => http_probe(&h)?,
+        (None, Some(h)) => {
+            let (probe, http_timeout) = http_probe(&h)?;
+            if let Some((ms, f)) = http_timeout {
+                if timeout_ms.is_some() {
+                    return Err(
+                        f.fail("set `timeout` once: in `http`, or on `monitor` (for any probe)")
+                    );
+                }
+                timeout_ms = Some(ms);
+            }
+            probe
+        }
         (None, None) => {
             return Err(fail(
                 field.at(),
@@ -785,13 +797,14 @@ fn monitor(field: &Field) -> R<MonitorSpec> {
         duration_ms,
         interval_ms,
         failure_threshold,
-        timeout_ms,
+        timeout_ms: timeout_ms.unwrap_or(interval_ms),
         probe,
     })
 }
 
-/// `monitor.http`: `url` (plain `http://host[:port][/path]`) and `expect_status` (default 200).
-fn http_probe(field: &Field) -> R<Probe> {
+/// `monitor.http`: `url` (plain `http://host[:port][/path]`), `expect_status` (default 200) and
+/// an optional `timeout` (returned with its field, which `monitor` may have to refuse).
+fn http_probe<'a>(field: &Field<'a>) -> R<(Probe, Option<(u64, Field<'a>)>)> {
     let fields = Fields::new(field.value, &field.path, HTTP_FIELDS)?;
     let url_field = fields.require("url")?;
     let url = url_field.non_empty()?;
@@ -808,7 +821,11 @@ fn http_probe(field: &Field) -> R<Probe> {
         }
         None => 200,
     };
-    Ok(Probe::Http { url, expect_status })
+    let timeout = match fields.get("timeout") {
+        Some(f) => Some((positive_duration(&f, "timeout")?, f)),
+        None => None,
+    };
+    Ok((Probe::Http { url, expect_status }, timeout))
 }
 
 /// Why `url` is not a plain-HTTP URL the agent's probe can fetch, or `None`.
