@@ -322,6 +322,10 @@ async fn a_failing_monitor_rolls_back_opens_and_resolves_an_incident_and_feeds_t
         "{m}"
     );
     let text = cdctl_ok(&s, &["metrics"]);
+    eprintln!(
+        "cdctl metrics:\n{text}\ncdctl incident list:\n{}",
+        cdctl_ok(&s, &["incident", "list"])
+    );
     assert!(text.contains("MTTR") && text.contains("MTBF"), "{text}");
     assert!(text.contains("(1 of 2 deployments)"), "{text}");
 

@@ -130,6 +130,15 @@ fn incidents_table(items: &[Incident], now: i64) -> String {
     t.render()
 }
 
+/// `1 failure`, `2 failures`.
+fn count(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
 fn dash(s: &str) -> String {
     if s.is_empty() { "-".into() } else { s.into() }
 }
@@ -157,15 +166,20 @@ fn metrics_text(m: &Metrics) -> String {
         ),
         (
             "failures",
-            format!("{failures} incidents ({} open)", m.open_incidents),
+            format!(
+                "{} ({} open)",
+                count(failures, "incident"),
+                m.open_incidents
+            ),
         ),
         (
             "MTTR",
             m.mttr_ms.map_or("- (no failures)".into(), |v| {
                 format!(
-                    "{} (recovery {} / {failures} failures)",
+                    "{} (recovery {} / {})",
                     ms_text(v),
-                    duration_text(m.recovery_ms.max(0) as u64)
+                    duration_text(m.recovery_ms.max(0) as u64),
+                    count(failures, "failure")
                 )
             }),
         ),
@@ -173,17 +187,18 @@ fn metrics_text(m: &Metrics) -> String {
             "MTBF",
             m.mtbf_ms.map_or("- (no failures)".into(), |v| {
                 format!(
-                    "{} ((operating {} - recovery {}) / {failures} failures)",
+                    "{} ((operating {} - recovery {}) / {})",
                     ms_text(v),
                     duration_text(m.operating_ms.max(0) as u64),
-                    duration_text(m.recovery_ms.max(0) as u64)
+                    duration_text(m.recovery_ms.max(0) as u64),
+                    count(failures, "failure")
                 )
             }),
         ),
         (
             "deployment frequency",
             m.deployments_per_day.map_or("-".into(), |v| {
-                format!("{v:.2} per day ({} deployments)", m.deployments)
+                format!("{v:.2} per day ({})", count(m.deployments, "deployment"))
             }),
         ),
         (
@@ -191,10 +206,10 @@ fn metrics_text(m: &Metrics) -> String {
             match (m.lead_time_median_ms, m.lead_time_mean_ms) {
                 (Some(median), Some(mean)) => {
                     let mut text = format!(
-                        "median {}, mean {} ({} deployments",
+                        "median {}, mean {} ({}",
                         ms_text(median),
                         ms_text(mean),
-                        m.lead_time_samples
+                        count(m.lead_time_samples, "deployment")
                     );
                     if m.lead_time_from_created > 0 {
                         text.push_str(&format!(
@@ -224,7 +239,11 @@ fn metrics_text(m: &Metrics) -> String {
             "time to restore service",
             m.restore_median_ms
                 .map_or("- (no resolved incidents)".into(), |v| {
-                    format!("median {} ({} resolved incidents)", ms_text(v), m.restored)
+                    format!(
+                        "median {} ({} resolved)",
+                        ms_text(v),
+                        count(m.restored, "incident")
+                    )
                 }),
         ),
     ];
