@@ -135,7 +135,7 @@ fn close(a: f64, b: f64) -> bool {
 async fn a_failing_monitor_rolls_back_opens_and_resolves_an_incident_and_feeds_the_metrics()
 -> anyhow::Result<()> {
     let metrics_addr = free_addr()?;
-    let s = Single::start(&["agent-1"], &["--metrics-listen", &metrics_addr], &[]).await?;
+    let mut s = Single::start(&["agent-1"], &["--metrics-listen", &metrics_addr], &[]).await?;
     let scripts = s.path("scripts");
     let site = s.path("site");
     std::fs::create_dir_all(&scripts)?;
@@ -398,6 +398,24 @@ async fn a_failing_monitor_rolls_back_opens_and_resolves_an_incident_and_feeds_t
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
+
+    // Incidents are replicated state: a node killed with SIGKILL replays them from its log.
+    let before = cdctl_json(&s, &["incident", "list"]);
+    s.coord.restart()?;
+    let after = eventually("the restarted node to answer", RUN_TIMEOUT, || async {
+        let out = s
+            .cdctl()
+            .args(["-o", "json", "incident", "list"])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&out.stdout).ok())
+            .flatten()
+    })
+    .await?;
+    assert_eq!(after, before);
+    assert_eq!(after.as_array().map(Vec::len), Some(2));
     Ok(())
 }
 
