@@ -19,6 +19,7 @@ pub mod connection;
 pub mod executor;
 pub mod heartbeat;
 pub mod logship;
+pub mod monitor;
 pub mod registry;
 pub mod reports;
 pub mod stage;

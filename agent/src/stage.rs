@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cd_proto::v1::{Assignment, StageResult};
+use cd_proto::v1::monitor_spec::Probe;
+use cd_proto::v1::{Assignment, MonitorSpec, StageResult};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tonic::Code;
@@ -16,6 +17,7 @@ use tracing::{Instrument, debug, error, info, warn};
 use crate::connection::{AgentApi, describe, is_refused};
 use crate::executor::{ContainerOptions, Executor, Exit, StageSpec, Workspace, oom_message};
 use crate::logship::{AttemptLog, LogError, LogHandle};
+use crate::monitor;
 use crate::registry::{AttemptControl, AttemptKey, CancelReason, Registry};
 use crate::reports;
 use crate::util::Backoff;
@@ -190,9 +192,79 @@ async fn execute<A: AgentApi>(
         "CD_WORKSPACE".into(),
         ws.path().to_string_lossy().into_owned(),
     );
-    let result = run_command(ctx, assignment, &spec, &ws, control, log, started).await;
+    let result = match &assignment.monitor {
+        Some(m) => run_monitor(ctx, m, &spec, &ws, control, log, started).await,
+        None => run_command(ctx, assignment, &spec, &ws, control, log, started).await,
+    };
     destroy(ctx, ws).await;
     Some(result)
+}
+
+/// A monitoring stage: health checks instead of a command (see `monitor`).
+async fn run_monitor<A: AgentApi>(
+    ctx: &StageContext<A>,
+    m: &MonitorSpec,
+    spec: &StageSpec,
+    ws: &Workspace,
+    control: &AttemptControl,
+    log: &AttemptLog,
+    started: Instant,
+) -> StageResult {
+    let how_long = match m.duration_ms {
+        0 => "until the first passing check".to_string(),
+        ms => format!("for {}", cd_common::duration::format_ms(ms)),
+    };
+    let what = match &m.probe {
+        Some(Probe::Command(command)) => format!("`{command}`"),
+        Some(Probe::Http(h)) => format!("GET {} (expect {})", h.url, h.expect_status),
+        None => return failure(log, started, "the monitor has no probe".into()).await,
+    };
+    log.note(&format!(
+        "monitoring {what} every {} {how_long}; fails after {} consecutive failed checks",
+        cd_common::duration::format_ms(m.interval_ms),
+        m.failure_threshold.max(1)
+    ))
+    .await;
+    let token = control.token();
+    let timeout = Duration::from_millis(m.timeout_ms.max(1));
+    let verdict = match &m.probe {
+        Some(Probe::Http(h)) => {
+            let mut prober = monitor::HttpProber {
+                url: h.url.clone(),
+                expect_status: u16::try_from(h.expect_status).unwrap_or(0),
+                timeout,
+            };
+            monitor::watch(m, &mut prober, log, token).await
+        }
+        Some(Probe::Command(command)) => {
+            let mut prober = monitor::CommandProber {
+                executor: ctx.executor.as_ref(),
+                spec: StageSpec {
+                    command: command.clone(),
+                    ..spec.clone()
+                },
+                workspace: ws,
+                log,
+                cancel: token,
+                timeout,
+                kill_grace: ctx.kill_grace,
+            };
+            monitor::watch(m, &mut prober, log, token).await
+        }
+        None => monitor::Verdict::Stopped,
+    };
+    match monitor::result(m, &verdict, started) {
+        Some(result) => {
+            for e in &result.errors {
+                log.note(e).await;
+            }
+            if result.exit_code == 0 {
+                log.note("healthy").await;
+            }
+            result
+        }
+        None => stopped_result(control, log, started).await,
+    }
 }
 
 /// Runs the command in a prepared workspace and turns its end into a result.

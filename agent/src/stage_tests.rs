@@ -383,3 +383,124 @@ async fn an_oom_kill_fails_the_stage_naming_the_memory_limit() {
             .contains("killed by the OOM killer (memory limit 64 MiB)")
     );
 }
+
+fn monitored(command: &str, duration_ms: u64, threshold: u32) -> Assignment {
+    Assignment {
+        command: String::new(),
+        monitor: Some(cd_proto::v1::MonitorSpec {
+            duration_ms,
+            interval_ms: 40,
+            failure_threshold: threshold,
+            timeout_ms: 5_000,
+            probe: Some(cd_proto::v1::monitor_spec::Probe::Command(command.into())),
+        }),
+        ..assignment("monitor", "")
+    }
+}
+
+/// Counts checks in the workspace (it lives as long as the stage): `$n` is this check's number.
+const COUNT: &str = "n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count; ";
+
+#[tokio::test]
+async fn a_healthy_monitor_succeeds_after_its_duration_with_one_log_line_per_check() {
+    let h = harness();
+    let before = cd_common::time::now_ms();
+    let (key, _) = h
+        .run(monitored(&format!("{COUNT}echo probe-$n"), 400, 2))
+        .await;
+    let result = h.result(&key);
+    assert_eq!(result.exit_code, 0, "{:?}", result.errors);
+    assert!(result.duration_ms >= 400, "{}", result.duration_ms);
+    assert!(
+        result.check_at_ms >= before,
+        "the last check's time is reported"
+    );
+    let text = h.api.log_text(&key);
+    assert!(text.contains("[cd-agent] monitoring `"), "{text}");
+    assert!(
+        text.contains("probe-1\n") && text.contains("probe-3\n"),
+        "{text}"
+    );
+    assert!(text.contains("[cd-agent] check 1 at "), "{text}");
+    assert!(text.contains(": ok (exit code 0)"), "{text}");
+    assert!(!text.contains("FAIL"), "{text}");
+}
+
+#[tokio::test]
+async fn consecutive_failures_reaching_the_threshold_fail_the_stage_at_that_check() {
+    let h = harness();
+    let before = cd_common::time::now_ms();
+    // Check 1 passes, checks 2 and 3 fail: the third check crosses the threshold of 2.
+    let (key, _) = h
+        .run(monitored(&format!("{COUNT}[ $n -lt 2 ]"), 60_000, 2))
+        .await;
+    let after = cd_common::time::now_ms();
+    let result = h.result(&key);
+    assert_eq!(result.exit_code, 1);
+    assert_eq!(
+        result.errors,
+        ["monitor: 2 consecutive checks failed; last: exit code 1"]
+    );
+    assert!(result.duration_ms < 60_000, "stopped early");
+    assert!((before..=after).contains(&result.check_at_ms));
+    let text = h.api.log_text(&key);
+    let line = format!(
+        "[cd-agent] check 3 at {}: FAIL (exit code 1)",
+        result.check_at_ms
+    );
+    assert!(
+        text.contains(&line),
+        "the failing check's time is the reported one: {text}"
+    );
+    assert!(!text.contains("check 4 at"), "{text}");
+}
+
+#[tokio::test]
+async fn failures_that_are_not_consecutive_do_not_fail_the_stage() {
+    let h = harness();
+    // Fails every other check; threshold 2 is never reached.
+    let (key, _) = h
+        .run(monitored(&format!("{COUNT}[ $((n % 2)) -eq 0 ]"), 400, 2))
+        .await;
+    let result = h.result(&key);
+    assert_eq!(result.exit_code, 0, "{:?}", result.errors);
+    let text = h.api.log_text(&key);
+    assert!(text.contains("FAIL") && text.contains(": ok ("), "{text}");
+}
+
+#[tokio::test]
+async fn a_zero_duration_monitor_stops_at_the_first_passing_check() {
+    let h = harness();
+    let (key, _) = h
+        .run(monitored(&format!("{COUNT}[ $n -ge 3 ]"), 0, 5))
+        .await;
+    let result = h.result(&key);
+    assert_eq!(result.exit_code, 0);
+    let text = h.api.log_text(&key);
+    assert!(text.contains("until the first passing check"), "{text}");
+    assert!(
+        text.contains("check 3 at") && !text.contains("check 4 at"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_monitor_reports_a_cancel() {
+    let h = harness();
+    let a = monitored("true", 60_000, 3);
+    let key = AttemptKey::from(a.attempt.as_ref().expect("attempt"));
+    let control = h.ctx.registry.try_begin(&key).expect("new attempt");
+    let task = tokio::spawn(run_attempt(h.ctx.clone(), a, key.clone(), control.clone()));
+    let start = std::time::Instant::now();
+    while !h.api.log_text(&key).contains("check 1 at") {
+        assert!(start.elapsed() < LIMIT, "no check ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    control.cancel(crate::registry::CancelReason::Server("stop".into()));
+    tokio::time::timeout(LIMIT, task)
+        .await
+        .expect("in time")
+        .expect("task");
+    let result = h.result(&key);
+    assert!(result.cancelled, "{result:?}");
+}

@@ -114,6 +114,22 @@ pub enum Command {
     Env(EnvCommand),
     /// Roll an environment back to its previous successful deployment; prints the run id.
     Rollback(RollbackArgs),
+    /// Open, resolve and list incidents (periods during which an environment was failing).
+    #[command(subcommand)]
+    Incident(IncidentCommand),
+    /// MTTR, MTBF and the four DORA metrics of an environment, from replicated history.
+    ///
+    /// MTTR = total recovery time / number of failures; MTBF = (total operating time - total
+    /// recovery time) / number of failures. A failure is an incident opened in the window; its
+    /// recovery time runs until it was resolved (until now while open). Operating time runs
+    /// from the start of the window, or from the environment's first successful deployment if
+    /// later, to now. DORA: deployment frequency (successful release deployments per day of operating
+    /// time), lead time for changes (deployment finished - commit time; the run's creation
+    /// time when the commit time is unknown, which the output says), change failure rate
+    /// (deployments that failed, were rolled back or had an incident opened against them /
+    /// all deployments) and time to restore service (median recovery time of resolved
+    /// incidents).
+    Metrics(MetricsArgs),
     /// Inspect and change the coordinators' Raft cluster: status, membership, leadership,
     /// state digests.
     #[command(subcommand)]
@@ -356,6 +372,56 @@ pub enum EnvCommand {
         /// Environment name.
         env: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IncidentCommand {
+    /// Open an incident against an environment by hand; prints its id.
+    Open {
+        /// Environment that is failing, e.g. production.
+        env: String,
+        /// What is wrong (required).
+        #[arg(long, value_parser = parse_nonempty)]
+        reason: String,
+    },
+    /// Resolve an open incident by hand.
+    Resolve {
+        /// Incident id (from `incident list`).
+        id: u64,
+        /// What fixed it.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// List incidents, oldest first.
+    List {
+        /// Only this environment's.
+        #[arg(long)]
+        env: Option<String>,
+        /// Only incidents still open.
+        #[arg(long)]
+        open: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Environment the figures are for.
+    #[arg(long, default_value = "production")]
+    pub env: String,
+    /// Window: from this long ago until now (`30d`, `12h`, `90m`); `all` for all history.
+    #[arg(long, default_value = "30d", value_parser = parse_window)]
+    pub since: u64,
+}
+
+/// `--since`: a duration in milliseconds, or `all` (0: all history).
+pub fn parse_window(text: &str) -> Result<u64, String> {
+    if text == "all" {
+        return Ok(0);
+    }
+    match cd_common::duration::parse_duration_ms(text)? {
+        0 => Err("the window must be longer than zero (or `all`)".to_string()),
+        ms => Ok(ms),
+    }
 }
 
 #[derive(Debug, Args)]

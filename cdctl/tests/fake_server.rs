@@ -262,6 +262,30 @@ impl ControlService for Fake {
     async fn rollback(&self, _: Request<RollbackRequest>) -> Result<Response<Run>, Status> {
         Err(Status::unimplemented("fake"))
     }
+    async fn open_incident(
+        &self,
+        _: Request<cd_proto::v1::OpenIncidentRequest>,
+    ) -> Result<Response<cd_proto::v1::Incident>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn resolve_incident(
+        &self,
+        _: Request<cd_proto::v1::ResolveIncidentRequest>,
+    ) -> Result<Response<cd_proto::v1::Incident>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn list_incidents(
+        &self,
+        _: Request<cd_proto::v1::ListIncidentsRequest>,
+    ) -> Result<Response<cd_proto::v1::ListIncidentsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn get_metrics(
+        &self,
+        _: Request<cd_proto::v1::GetMetricsRequest>,
+    ) -> Result<Response<cd_proto::v1::Metrics>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 struct Cluster {

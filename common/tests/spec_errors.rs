@@ -9,6 +9,10 @@ use cd_common::spec::{MAX_SPEC_BYTES, parse};
 
 /// A valid stage to put before or after the one under test.
 const BUILD: &str = "  - name: build\n    run: make\n";
+/// A deploying stage after `build` (lines 5 to 8 of `with_build`).
+const DEPLOY: &str = "  - name: d\n    run: x\n    needs: [build]\n    environment: prod\n";
+/// A monitoring stage after `DEPLOY`, its `monitor:` value to follow on line 11.
+const MONITOR: &str = "  - name: m\n    needs: [d]\n    monitor: ";
 
 fn cases() -> Vec<(&'static str, String, &'static str)> {
     let with_build = |rest: &str| format!("name: p\nstages:\n{BUILD}{rest}");
@@ -18,7 +22,7 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
     vec![
         // --- unknown fields, at every level ---
         ("unknown top field", "name: p\nstagez: []\n".into(), "p.yaml:2: stagez: unknown field `stagez`; allowed fields here: name, source, env, stages"),
-        ("unknown stage field", with_build("  - name: t\n    rn: make test\n"), "p.yaml:6: stages[1].rn: unknown field `rn`; allowed fields here: name, run, needs, labels, image, image_pull, resources, network, user, docker, env, timeout, retries, environment, reports, gate, rollback, on_failure, artifacts"),
+        ("unknown stage field", with_build("  - name: t\n    rn: make test\n"), "p.yaml:6: stages[1].rn: unknown field `rn`; allowed fields here: name, run, needs, labels, image, image_pull, resources, network, user, docker, env, timeout, retries, environment, reports, gate, rollback, on_failure, artifacts, monitor"),
         ("unknown source field", "name: p\nsource: { dir: src }\nstages:\n  - { name: a, run: x }\n".into(), "p.yaml:2: source.dir: unknown field `dir`; allowed fields here: path"),
         ("unknown reports field", with_build("    reports: { html: r.html }\n"), "p.yaml:5: stages[0].reports.html: unknown field `html`; allowed fields here: junit, metrics"),
         ("unknown gate field", with_build("  - name: d\n    run: x\n    needs: [build]\n    gate: { approval: 1 }\n"), "p.yaml:8: stages[1].gate.approval: unknown field `approval`; allowed fields here: tests, metrics, approvals"),
@@ -96,6 +100,26 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
         // --- env names ---
         ("top env name starts with a digit", "name: p\nenv:\n  1A: x\nstages:\n  - { name: a, run: x }\n".into(), "p.yaml:3: env.1A: `1A` is not a valid environment variable name (use letters, digits and `_`, not starting with a digit)"),
         ("stage env name with a dash", with_build("    env:\n      MY-VAR: x\n"), "p.yaml:6: stages[0].env.MY-VAR: `MY-VAR` is not a valid environment variable name (use letters, digits and `_`, not starting with a digit)"),
+        // --- monitor ---
+        ("monitor without a deploy upstream", with_build("  - name: m\n    needs: [build]\n    monitor: { duration: 1m, interval: 10s, command: ./check }\n"), "p.yaml:7: stages[1].monitor: `monitor` needs a stage upstream of `m` that deploys to an environment"),
+        ("monitor on a deploying stage", with_build(&format!("{DEPLOY}  - name: m\n    needs: [d]\n    environment: prod\n    monitor: {{ duration: 1m, interval: 10s, command: ./c }}\n")), "p.yaml:12: stages[2].monitor: a monitoring stage watches a deployment and cannot deploy itself; move `environment` to a stage that `m` needs"),
+        ("monitor and run", with_build(&format!("{DEPLOY}  - name: m\n    needs: [d]\n    run: x\n    monitor: {{ duration: 1m, interval: 10s, command: ./c }}\n")), "p.yaml:11: stages[2].run: a stage with `monitor` runs its health checks, not `run`; put the check in `monitor.command`"),
+        ("monitor without a probe", with_build(&format!("{DEPLOY}{MONITOR}{{ duration: 1m, interval: 10s }}\n")), "p.yaml:11: stages[2].monitor: a monitor needs a probe: `command` or `http`"),
+        ("monitor with two probes", with_build(&format!("{DEPLOY}{MONITOR}{{ duration: 1m, interval: 10s, command: ./c, http: {{ url: \"http://x/\" }} }}\n")), "p.yaml:11: stages[2].monitor.http: set either `command` or `http`, not both"),
+        ("monitor without duration", with_build(&format!("{DEPLOY}{MONITOR}{{ interval: 10s, command: ./c }}\n")), "p.yaml:11: stages[2].monitor.duration: missing required field"),
+        ("monitor duration zero", with_build(&format!("{DEPLOY}{MONITOR}{{ duration: 0s, interval: 10s, command: ./c }}\n")), "p.yaml:11: stages[2].monitor.duration: duration must be longer than zero"),
+        ("monitor interval longer than duration", with_build(&format!("{DEPLOY}{MONITOR}{{ duration: 10s, interval: 1m, command: ./c }}\n")), "p.yaml:11: stages[2].monitor.interval: the interval (1m) is longer than the duration (10s); no second check would run"),
+        ("monitor threshold zero", with_build(&format!("{DEPLOY}{MONITOR}{{ duration: 1m, interval: 10s, failure_threshold: 0, command: ./c }}\n")), "p.yaml:11: stages[2].monitor.failure_threshold: must be at least 1"),
+        ("monitor threshold too large", with_build(&format!("{DEPLOY}{MONITOR}{{ duration: 1m, interval: 10s, failure_threshold: 1001, command: ./c }}\n")), "p.yaml:11: stages[2].monitor.failure_threshold: must be at most 1000, found 1001"),
+        ("monitor empty command", with_build(&format!("{DEPLOY}{MONITOR}{{ duration: 1m, interval: 10s, command: \"\" }}\n")), "p.yaml:11: stages[2].monitor.command: must not be empty"),
+        ("monitor unknown field", with_build(&format!("{DEPLOY}{MONITOR}{{ duration: 1m, interval: 10s, command: ./c, treshold: 3 }}\n")), "p.yaml:11: stages[2].monitor.treshold: unknown field `treshold`; allowed fields here: duration, interval, failure_threshold, timeout, command, http"),
+        ("monitor https url", with_build(&format!("{DEPLOY}{MONITOR}{{ duration: 1m, interval: 10s, http: {{ url: \"https://x/\" }} }}\n")), "p.yaml:11: stages[2].monitor.http.url: `https://x/` must start with `http://` (the probe speaks plain HTTP/1.1)"),
+        ("monitor url without host", with_build(&format!("{DEPLOY}{MONITOR}{{ duration: 1m, interval: 10s, http: {{ url: \"http:///health\" }} }}\n")), "p.yaml:11: stages[2].monitor.http.url: `http:///health` names no host"),
+        ("monitor bad status", with_build(&format!("{DEPLOY}{MONITOR}{{ duration: 1m, interval: 10s, http: {{ url: \"http://x/\", expect_status: 42 }} }}\n")), "p.yaml:11: stages[2].monitor.http.expect_status: must be an HTTP status (100 to 599), found 42"),
+        ("monitor http without url", with_build(&format!("{DEPLOY}{MONITOR}{{ duration: 1m, interval: 10s, http: {{ expect_status: 200 }} }}\n")), "p.yaml:11: stages[2].monitor.http.url: missing required field"),
+        ("monitor timeout twice", with_build(&format!("{DEPLOY}{MONITOR}{{ duration: 1m, interval: 10s, timeout: 1s, http: {{ url: \"http://x/\", timeout: 2s }} }}\n")), "p.yaml:11: stages[2].monitor.http.timeout: set `timeout` once: in `http`, or on `monitor` (for any probe)"),
+        ("monitor unknown http field", with_build(&format!("{DEPLOY}{MONITOR}{{ duration: 1m, interval: 10s, http: {{ url: \"http://x/\", method: POST }} }}\n")), "p.yaml:11: stages[2].monitor.http.method: unknown field `method`; allowed fields here: url, expect_status, timeout"),
+        ("monitor bad timeout", with_build(&format!("{DEPLOY}{MONITOR}{{ duration: 1m, interval: 10s, timeout: soon, command: ./c }}\n")), "p.yaml:11: stages[2].monitor.timeout: invalid duration `soon`: expected a number before each unit"),
         // --- on_failure ---
         ("rollback without deploy upstream", with_build("  - name: m\n    run: x\n    needs: [build]\n    on_failure: rollback\n"), "p.yaml:8: stages[1].on_failure: `rollback` needs a stage upstream of `m` that deploys to an environment"),
         ("rollback on a deploy with no deploy upstream", with_build("  - name: d\n    run: x\n    environment: prod\n    on_failure: rollback\n"), "p.yaml:8: stages[1].on_failure: `rollback` needs a stage upstream of `d` that deploys to an environment"),
@@ -161,7 +185,7 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
         ("two documents", "name: p\nstages:\n  - { name: a, run: x }\n---\nname: q\n".into(), "p.yaml:4: (document): the file holds more than one YAML document (`---`); a pipeline file holds exactly one"),
         ("unknown anchor", "name: *nope\nstages: []\n".into(), "p.yaml:1: (document): invalid YAML: unknown anchor at line 1 column 7"),
         ("merge key with a scalar", with_build("    <<: 5\n"), "p.yaml:5: stages[0].<<: a merge key `<<` takes a mapping or a list of mappings"),
-        ("merged unknown field", with_build("    <<: { retry: 2 }\n"), "p.yaml:5: stages[0].retry: unknown field `retry`; allowed fields here: name, run, needs, labels, image, image_pull, resources, network, user, docker, env, timeout, retries, environment, reports, gate, rollback, on_failure, artifacts"),
+        ("merged unknown field", with_build("    <<: { retry: 2 }\n"), "p.yaml:5: stages[0].retry: unknown field `retry`; allowed fields here: name, run, needs, labels, image, image_pull, resources, network, user, docker, env, timeout, retries, environment, reports, gate, rollback, on_failure, artifacts, monitor"),
         ("tagged document", "!pipeline\nname: p\n".into(), "p.yaml:1: (document): YAML tags such as `!pipeline` are not supported in pipeline files"),
     ]
 }

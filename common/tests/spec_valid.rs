@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use cd_common::spec::{
-    ContainerSpec, GateSpec, ImagePull, MetricGate, NetworkMode, OnFailure, PipelineSpec,
-    ReportsSpec, SourceSpec, StageSpec, TestsGate, parse,
+    ContainerSpec, GateSpec, ImagePull, MetricGate, MonitorSpec, NetworkMode, OnFailure,
+    PipelineSpec, Probe, ReportsSpec, SourceSpec, StageSpec, TestsGate, parse,
 };
 
 /// The example from DESIGN.md ("Pipelines"), verbatim.
@@ -62,6 +62,7 @@ fn stage(name: &str, run: &str, needs: &[&str]) -> StageSpec {
         rollback: None,
         on_failure: OnFailure::Fail,
         artifacts: Vec::new(),
+        monitor: None,
     }
 }
 
@@ -442,4 +443,37 @@ fn image_references_docker_accepts() {
         let spec = parse(&yaml, "p.yaml").unwrap_or_else(|e| panic!("{image}: {e}"));
         assert_eq!(spec.stages[0].image.as_deref(), Some(image.as_str()));
     }
+}
+
+#[test]
+fn monitor_stages_parse_with_their_defaults() {
+    let yaml = "name: p\nstages:\n  - name: deploy\n    run: ./deploy.sh\n    environment: production\n  - name: watch\n    needs: [deploy]\n    on_failure: rollback\n    monitor:\n      duration: 2m\n      interval: 10s\n      command: ./healthcheck.sh\n  - name: probe\n    needs: [deploy]\n    monitor:\n      duration: 1m\n      interval: 250ms\n      failure_threshold: 5\n      http: { url: \"http://127.0.0.1:8080/health\", expect_status: 204, timeout: 2s }\n";
+    let spec = parse(yaml, "p.yaml").expect("valid");
+    let watch = spec.stage("watch").expect("watch");
+    assert_eq!(watch.run, "", "a monitoring stage has no script");
+    assert_eq!(
+        watch.monitor,
+        Some(MonitorSpec {
+            duration_ms: 120_000,
+            interval_ms: 10_000,
+            failure_threshold: 3,
+            timeout_ms: 10_000,
+            probe: Probe::Command {
+                command: "./healthcheck.sh".into()
+            },
+        })
+    );
+    assert_eq!(
+        spec.stage("probe").and_then(|s| s.monitor.clone()),
+        Some(MonitorSpec {
+            duration_ms: 60_000,
+            interval_ms: 250,
+            failure_threshold: 5,
+            timeout_ms: 2_000,
+            probe: Probe::Http {
+                url: "http://127.0.0.1:8080/health".into(),
+                expect_status: 204,
+            },
+        })
+    );
 }

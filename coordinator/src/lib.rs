@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod gate;
+pub mod prometheus;
 pub mod raft;
 pub mod scheduler;
 pub mod server;

@@ -78,6 +78,13 @@ struct ServeArgs {
     /// Raft tick: heartbeats every 2 ticks, elections after 10-20 ticks without a leader.
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
     raft_tick: std::time::Duration,
+    /// Serve Prometheus gauges (MTTR, MTBF, DORA per environment) at http://ADDR/metrics,
+    /// plain HTTP, from this node's applied state. Off unless given.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// The window the /metrics figures cover, ending at scrape time; 0s for all history.
+    #[arg(long, default_value = "30d", value_parser = parse_duration)]
+    metrics_window: std::time::Duration,
     /// Accept the SetFaults RPC, which drops raft messages to chosen nodes. For tests only.
     #[arg(long, hide = true)]
     enable_fault_injection: bool,
@@ -162,8 +169,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     cfg.fault_injection = args.enable_fault_injection;
     cfg.lease = args.lease;
     cfg.snapshot_every = args.snapshot_every;
+    let metrics_listener = match args.metrics_listen {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on {a} (--metrics-listen)"))?,
+        ),
+        None => None,
+    };
     let shutdown = shutdown_on_signals();
-    let coordinator = Coordinator::start(cfg, listener, shutdown)?;
+    let coordinator = Coordinator::start(cfg, listener, shutdown.clone())?;
+    if let Some(l) = metrics_listener {
+        tracing::info!(addr = %l.local_addr()?, "serving Prometheus metrics at /metrics");
+        let window = i64::try_from(args.metrics_window.as_millis()).unwrap_or(i64::MAX);
+        tokio::spawn(cd_coordinator::prometheus::serve(
+            l,
+            coordinator.node.clone(),
+            window,
+            shutdown,
+        ));
+    }
     // Tests and scripts read this line to learn the port.
     println!("listening on https://{addr}");
     tracing::info!(%addr, "coordinator serving");

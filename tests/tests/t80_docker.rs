@@ -529,3 +529,45 @@ async fn a_numeric_user_can_write_its_workspace() -> anyhow::Result<()> {
     assert!(log.contains("written") && log.contains("65534"), "{log}");
     Ok(())
 }
+
+const WATCHED: &str = r#"
+name: watched
+stages:
+  - name: deploy
+    environment: production
+    run: echo deployed
+  - name: monitor
+    needs: [deploy]
+    image: IMAGE
+    image_pull: never
+    monitor:
+      duration: 1500ms
+      interval: 200ms
+      failure_threshold: 2
+      timeout: 30s
+      command: echo "probe in a container, busybox $(busybox | head -1 | cut -d' ' -f2)"
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_monitor_with_an_image_runs_each_check_in_a_container_and_removes_them()
+-> anyhow::Result<()> {
+    let Setup { s, name, _sweep } = start("monitor", &[]).await?;
+    let (id, run) = run_to_end(&s, WATCHED, "watched").await?;
+    assert_eq!(
+        run.state,
+        RunState::Succeeded as i32,
+        "{}",
+        describe(Some(&run))
+    );
+    let log = cdctl_logs(&s, &id, "monitor");
+    let checks = log.matches(": ok (exit code 0)").count();
+    assert!(checks >= 2, "several checks, each passing: {log}");
+    assert_eq!(
+        log.matches("probe in a container, busybox v").count(),
+        checks,
+        "each check's output is in the log: {log}"
+    );
+    assert!(result(&run, "monitor").check_at_ms > 0);
+    containers_gone(&name, &id, Duration::from_secs(30)).await?;
+    Ok(())
+}

@@ -181,8 +181,10 @@ pub fn format_bytes(bytes: u64) -> String {
 /// - `Send + Sync`, all methods take `&self`: many attempts are prepared, started and destroyed
 ///   concurrently, each in its own workspace; an implementation keeps no per-attempt state
 ///   in `self` that would make two attempts interfere.
-/// - For one attempt the calls are sequential: `prepare`, then at most one `start`, then
-///   `destroy` exactly once for every workspace `prepare` returned (also after a failed start).
+/// - For one attempt the calls are sequential: `prepare`, then `start` (once; a monitoring
+///   stage calls it once per health check, each time after the previous execution's `wait`
+///   returned), then `destroy` exactly once for every workspace `prepare` returned (also after
+///   a failed start); `destroy` removes whatever every `start` left behind.
 /// - The [`Execution`] is owned by the one stage task; its output must be drained while `wait`
 ///   runs (the output channel is bounded, and a command blocked on a full pipe never exits).
 pub trait Executor: Send + Sync + 'static {

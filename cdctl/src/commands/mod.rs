@@ -6,6 +6,7 @@ pub mod approve;
 pub mod certs;
 pub mod cluster;
 pub mod env;
+pub mod feedback;
 pub mod logs;
 pub mod pipeline;
 pub mod run;
@@ -94,6 +95,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Agents(cmd) => agents::run(&ctx, cmd).await.map(|()| 0),
         Command::Env(cmd) => env::run(&ctx, cmd).await.map(|()| 0),
         Command::Rollback(args) => env::rollback(&ctx, args).await,
+        Command::Incident(cmd) => feedback::incident(&ctx, cmd).await.map(|()| 0),
+        Command::Metrics(args) => feedback::metrics(&ctx, args).await.map(|()| 0),
         Command::Cluster(cmd) => cluster::run(&ctx, cmd).await,
     }
 }

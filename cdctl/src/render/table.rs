@@ -575,6 +575,7 @@ pub(crate) mod tests {
                             cancelled: false,
                             errors: vec![],
                             oom_killed: false,
+                            check_at_ms: 0,
                         }),
                         end_reason: String::new(),
                     }],

@@ -52,6 +52,8 @@ pub(crate) struct StageIds {
     pub tests_from: Vec<usize>,
     pub metric_from: Vec<usize>,
     pub on_failure: Option<usize>,
+    /// The `monitor` key, when the stage has one.
+    pub monitor: Option<usize>,
 }
 
 /// The converted spec plus what `parse` still has to fill in or check.
@@ -85,9 +87,21 @@ const STAGE_FIELDS: &[&str] = &[
     "rollback",
     "on_failure",
     "artifacts",
+    "monitor",
 ];
 /// Stage fields that configure the container, so need `image`.
 const CONTAINER_FIELDS: &[&str] = &["image_pull", "resources", "network", "user", "docker"];
+const MONITOR_FIELDS: &[&str] = &[
+    "duration",
+    "interval",
+    "failure_threshold",
+    "timeout",
+    "command",
+    "http",
+];
+const HTTP_FIELDS: &[&str] = &["url", "expect_status", "timeout"];
+/// Largest `monitor.failure_threshold` accepted.
+pub const MAX_FAILURE_THRESHOLD: u32 = 1000;
 const RESOURCE_FIELDS: &[&str] = &["cpus", "memory"];
 const REPORT_FIELDS: &[&str] = &["junit", "metrics"];
 const GATE_FIELDS: &[&str] = &["tests", "metrics", "approvals"];
@@ -470,10 +484,29 @@ fn stage(
     let fields = Fields::new(node, &path, STAGE_FIELDS)?;
     let name_field = fields.require("name")?;
     let name = name_field.name()?;
-    let run = fields.require("run")?.non_empty()?;
     let mut ids = StageIds {
         name: name_field.at().id,
         ..StageIds::default()
+    };
+    let monitor = match fields.get("monitor") {
+        Some(f) => {
+            ids.monitor = Some(f.key.id);
+            Some(monitor(&f)?)
+        }
+        None => None,
+    };
+    // A monitoring stage runs its checks instead of a script.
+    let run = match (fields.get("run"), &monitor) {
+        (Some(f), Some(_)) => {
+            return Err(fail(
+                f.key,
+                &f.path,
+                "a stage with `monitor` runs its health checks, not `run`; put the check in \
+                 `monitor.command`",
+            ));
+        }
+        (None, Some(_)) => String::new(),
+        _ => fields.require("run")?.non_empty()?,
     };
     let needs = match fields.get("needs") {
         Some(f) => {
@@ -535,6 +568,7 @@ fn stage(
         rollback,
         on_failure,
         artifacts,
+        monitor,
     };
     Ok((stage, ids))
 }
@@ -683,6 +717,132 @@ fn timeout(field: &Field) -> R<u64> {
         return Err(field.fail("timeout must be longer than zero"));
     }
     Ok(ms)
+}
+
+/// A positive duration such as `10s` (`what` names it in the error).
+fn positive_duration(field: &Field, what: &str) -> R<u64> {
+    let text = match &field.value.kind {
+        Kind::Str(s) => s.as_str(),
+        _ => return Err(field.expected("a duration such as `10s` or `2m`")),
+    };
+    let ms = parse_duration_ms(text).map_err(|message| field.fail(message))?;
+    if ms == 0 {
+        return Err(field.fail(format!("{what} must be longer than zero")));
+    }
+    Ok(ms)
+}
+
+/// `monitor:`: `duration` and `interval` (required), `failure_threshold` (default 3),
+/// `timeout` of one check (default: the interval; for `http` it may sit inside `http`), and
+/// exactly one of `command` or `http`.
+fn monitor(field: &Field) -> R<MonitorSpec> {
+    let fields = Fields::new(field.value, &field.path, MONITOR_FIELDS)?;
+    let duration_field = fields.require("duration")?;
+    let duration_ms = positive_duration(&duration_field, "duration")?;
+    let interval_field = fields.require("interval")?;
+    let interval_ms = positive_duration(&interval_field, "interval")?;
+    if interval_ms > duration_ms {
+        return Err(interval_field.fail(format!(
+            "the interval ({}) is longer than the duration ({}); no second check would run",
+            crate::duration::format_ms(interval_ms),
+            crate::duration::format_ms(duration_ms)
+        )));
+    }
+    let failure_threshold = match fields.get("failure_threshold") {
+        Some(f) => {
+            let n = f.whole(MAX_FAILURE_THRESHOLD)?;
+            if n == 0 {
+                return Err(f.fail("must be at least 1"));
+            }
+            n
+        }
+        None => 3,
+    };
+    let mut timeout_ms = match fields.get("timeout") {
+        Some(f) => Some(positive_duration(&f, "timeout")?),
+        None => None,
+    };
+    let probe = match (fields.get("command"), fields.get("http")) {
+        (Some(_), Some(h)) => {
+            return Err(fail(
+                h.key,
+                &h.path,
+                "set either `command` or `http`, not both",
+            ));
+        }
+        (Some(c), None) => Probe::Command {
+            command: c.non_empty()?,
+        },
+        (None, Some(h)) => {
+            let (probe, http_timeout) = http_probe(&h)?;
+            if let Some((ms, f)) = http_timeout {
+                if timeout_ms.is_some() {
+                    return Err(
+                        f.fail("set `timeout` once: in `http`, or on `monitor` (for any probe)")
+                    );
+                }
+                timeout_ms = Some(ms);
+            }
+            probe
+        }
+        (None, None) => {
+            return Err(fail(
+                field.at(),
+                &field.path,
+                "a monitor needs a probe: `command` or `http`",
+            ));
+        }
+    };
+    Ok(MonitorSpec {
+        duration_ms,
+        interval_ms,
+        failure_threshold,
+        timeout_ms: timeout_ms.unwrap_or(interval_ms),
+        probe,
+    })
+}
+
+/// `monitor.http`: `url` (plain `http://host[:port][/path]`), `expect_status` (default 200) and
+/// an optional `timeout` (returned with its field, which `monitor` may have to refuse).
+fn http_probe<'a>(field: &Field<'a>) -> R<(Probe, Option<(u64, Field<'a>)>)> {
+    let fields = Fields::new(field.value, &field.path, HTTP_FIELDS)?;
+    let url_field = fields.require("url")?;
+    let url = url_field.non_empty()?;
+    if let Some(problem) = url_problem(&url) {
+        return Err(url_field.fail(problem));
+    }
+    let expect_status = match fields.get("expect_status") {
+        Some(f) => {
+            let n = f.whole(599)?;
+            if n < 100 {
+                return Err(f.fail(format!("must be an HTTP status (100 to 599), found {n}")));
+            }
+            n as u16
+        }
+        None => 200,
+    };
+    let timeout = match fields.get("timeout") {
+        Some(f) => Some((positive_duration(&f, "timeout")?, f)),
+        None => None,
+    };
+    Ok((Probe::Http { url, expect_status }, timeout))
+}
+
+/// Why `url` is not a plain-HTTP URL the agent's probe can fetch, or `None`.
+pub fn url_problem(url: &str) -> Option<String> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Some(format!(
+            "`{url}` must start with `http://` (the probe speaks plain HTTP/1.1)"
+        ));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() {
+        return Some(format!("`{url}` names no host"));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some(format!("`{url}` must not contain spaces"));
+    }
+    None
 }
 
 fn on_failure(field: &Field) -> R<OnFailure> {

@@ -35,7 +35,7 @@ mod validate;
 pub use container::{
     MAX_CPUS, MAX_IMAGE_NAME_LEN, MAX_MEMORY_BYTES, MAX_USER_LEN, MIN_CPUS, MIN_MEMORY_BYTES,
 };
-pub use convert::MAX_RETRIES;
+pub use convert::{MAX_FAILURE_THRESHOLD, MAX_RETRIES, url_problem};
 pub use types::*;
 
 /// Largest spec accepted, in bytes.

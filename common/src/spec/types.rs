@@ -57,6 +57,47 @@ pub struct StageSpec {
     pub on_failure: OnFailure,
     /// Paths the stage produces (recorded; artifact transfer is a later issue).
     pub artifacts: Vec<String>,
+    /// A monitoring stage: the agent runs these health checks instead of `run` (which is then
+    /// empty). Always below a deploying stage.
+    #[serde(default)]
+    pub monitor: Option<MonitorSpec>,
+}
+
+/// `monitor:` of a stage: health checks every `interval` for `duration` after a deployment.
+/// The stage fails as soon as `failure_threshold` checks in a row fail (consecutive, as
+/// Kubernetes probes count: one blip does not roll production back, a steady failure does).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorSpec {
+    /// How long to watch, in ms. 0 (never written by users: the spec requires more) means
+    /// "until the first passing check": the health check a rollback run makes.
+    pub duration_ms: u64,
+    /// Time between the starts of two checks, in ms (> 0).
+    pub interval_ms: u64,
+    /// Consecutive failed checks that fail the stage (>= 1).
+    pub failure_threshold: u32,
+    /// How long one check may take before it counts as failed, in ms (> 0).
+    pub timeout_ms: u64,
+    pub probe: Probe,
+}
+
+/// What one health check does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Probe {
+    /// A shell command (`sh -c`, as a host process or in the stage's container); exit 0 passes.
+    Command { command: String },
+    /// A plain-HTTP GET; the answer's status must equal `expect_status`.
+    Http { url: String, expect_status: u16 },
+}
+
+impl Probe {
+    /// One line for logs and listings.
+    pub fn describe(&self) -> String {
+        match self {
+            Probe::Command { command } => format!("command `{command}`"),
+            Probe::Http { url, expect_status } => format!("GET {url} (expect {expect_status})"),
+        }
+    }
 }
 
 /// Options of a stage that runs in a container.

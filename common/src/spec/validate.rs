@@ -1,6 +1,7 @@
 //! Rules that relate stages to each other: unique names, `needs` that name real stages and
 //! form no cycle, gates that read only upstream stages, and `on_failure: rollback` only below
-//! a deploying stage. Runs after `convert`, so every field already has the right type.
+//! a deploying stage, and `monitor` only below a deploying stage (on a stage that does not
+//! deploy itself). Runs after `convert`, so every field already has the right type.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -36,6 +37,7 @@ pub(crate) fn validate(spec: &PipelineSpec, ids: &[StageIds]) -> Result<(), Pend
     no_cycles(spec, ids, &index)?;
     gates_read_upstream(spec, ids, &index)?;
     rollback_has_deploy(spec, ids, &index)?;
+    monitor_watches_deploy(spec, ids, &index)?;
     Ok(())
 }
 
@@ -225,6 +227,45 @@ fn rollback_has_deploy(
                 field: format!("stages[{i}].on_failure"),
                 message: format!(
                     "`rollback` needs a stage upstream of `{}` that deploys to an environment",
+                    stage.name
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A monitoring stage watches what an upstream stage deployed; it deploys nothing itself.
+fn monitor_watches_deploy(
+    spec: &PipelineSpec,
+    ids: &[StageIds],
+    index: &HashMap<&str, usize>,
+) -> R<()> {
+    for (i, stage) in spec.stages.iter().enumerate() {
+        let (Some(_), Some(node)) = (&stage.monitor, ids[i].monitor) else {
+            continue;
+        };
+        let field = format!("stages[{i}].monitor");
+        if stage.environment.is_some() {
+            return Err(Fail {
+                node,
+                field,
+                message: format!(
+                    "a monitoring stage watches a deployment and cannot deploy itself; move \
+                     `environment` to a stage that `{}` needs",
+                    stage.name
+                ),
+            });
+        }
+        let deploys = upstream_of(i, spec, index)
+            .iter()
+            .any(|&s| spec.stages[s].environment.is_some());
+        if !deploys {
+            return Err(Fail {
+                node,
+                field,
+                message: format!(
+                    "`monitor` needs a stage upstream of `{}` that deploys to an environment",
                     stage.name
                 ),
             });

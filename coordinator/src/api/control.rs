@@ -1,5 +1,5 @@
 //! The operator API (cdctl and third-party clients): pipelines, runs, approvals, logs,
-//! agents, environments and rollback.
+//! agents, environments and rollback; incidents and metrics are in `feedback.rs`.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -38,7 +38,7 @@ const LOG_READ_BATCH: usize = 256;
 impl ControlApi {
     /// Linearizable reads by default (ReadIndex on the leader; followers point at it). A
     /// request with `cd-stale: true` metadata reads this node's applied state as it is.
-    async fn barrier<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    pub(super) async fn barrier<T>(&self, req: &Request<T>) -> Result<(), Status> {
         if req
             .metadata()
             .get(STALE_METADATA)
@@ -547,5 +547,35 @@ impl ControlService for ControlApi {
             Outcome::Run(id) => Ok(Response::new(self.run_pb(&id)?)),
             _ => Err(Status::internal("rollback answered without a run id")),
         }
+    }
+
+    #[instrument(skip_all, fields(env = %req.get_ref().environment))]
+    async fn open_incident(
+        &self,
+        req: Request<pb::OpenIncidentRequest>,
+    ) -> Result<Response<pb::Incident>, Status> {
+        self.open_incident_impl(req).await
+    }
+
+    #[instrument(skip_all, fields(id = req.get_ref().id))]
+    async fn resolve_incident(
+        &self,
+        req: Request<pb::ResolveIncidentRequest>,
+    ) -> Result<Response<pb::Incident>, Status> {
+        self.resolve_incident_impl(req).await
+    }
+
+    async fn list_incidents(
+        &self,
+        req: Request<pb::ListIncidentsRequest>,
+    ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
+        self.list_incidents_impl(req).await
+    }
+
+    async fn get_metrics(
+        &self,
+        req: Request<pb::GetMetricsRequest>,
+    ) -> Result<Response<pb::Metrics>, Status> {
+        self.get_metrics_impl(req).await
     }
 }

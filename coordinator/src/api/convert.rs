@@ -3,10 +3,13 @@
 
 use std::collections::HashMap;
 
+use cd_common::spec::{MonitorSpec, Probe};
 use cd_proto::v1 as pb;
 
+use crate::state::metrics::Figures;
 use crate::state::{
-    self, Attempt, Deployment, RunKind, RunState, Stage, StageResult, StageState, State, TestCounts,
+    self, Attempt, Deployment, Incident, RunKind, RunState, Stage, StageResult, StageState, State,
+    TestCounts,
 };
 
 pub fn stage_state(s: StageState) -> pb::StageState {
@@ -55,6 +58,7 @@ pub fn result_to_pb(r: &StageResult) -> pb::StageResult {
         cancelled: r.cancelled,
         errors: r.errors.clone(),
         oom_killed: r.oom_killed,
+        check_at_ms: r.check_at_ms,
     }
 }
 
@@ -73,6 +77,7 @@ pub fn result_from_pb(r: pb::StageResult) -> StageResult {
         cancelled: r.cancelled,
         errors: r.errors,
         oom_killed: r.oom_killed,
+        check_at_ms: r.check_at_ms,
     }
 }
 
@@ -168,6 +173,11 @@ pub fn pipeline(p: &state::Pipeline, v: &state::PipelineVersion) -> pb::Pipeline
     }
 }
 
+/// The command of a monitoring stage's assignment: agents that know `monitor` ignore it; an
+/// older one runs it, and the stage fails instead of passing without a single check.
+pub const OLD_AGENT_MONITOR: &str =
+    "echo 'this agent does not support monitoring stages (monitor:); upgrade cd-agent' >&2; exit 1";
+
 /// The assignment an agent receives for a live attempt: everything it needs to run the stage
 /// without asking again. Env precedence: pipeline `env`, then stage `env`, then run params.
 pub fn assignment(st: &State, run_id: &str, stage_name: &str, n: u32) -> Option<pb::Assignment> {
@@ -195,7 +205,11 @@ pub fn assignment(st: &State, run_id: &str, stage_name: &str, n: u32) -> Option<
         }),
         pipeline: run.pipeline.clone(),
         revision: run.revision.clone(),
-        command: spec.run.clone(),
+        command: match &spec.monitor {
+            // An agent too old to know `monitor` runs this instead of passing silently.
+            Some(_) => OLD_AGENT_MONITOR.to_string(),
+            None => spec.run.clone(),
+        },
         env,
         timeout_ms: spec.timeout_ms.unwrap_or(0),
         lease_until_ms: a.lease_until_ms,
@@ -220,5 +234,109 @@ pub fn assignment(st: &State, run_id: &str, stage_name: &str, n: u32) -> Option<
                 docker_socket: c.docker_socket,
             }
         }),
+        monitor: spec.monitor.as_ref().map(monitor),
     })
+}
+
+fn monitor(m: &MonitorSpec) -> pb::MonitorSpec {
+    pb::MonitorSpec {
+        duration_ms: m.duration_ms,
+        interval_ms: m.interval_ms,
+        failure_threshold: m.failure_threshold,
+        timeout_ms: m.timeout_ms,
+        probe: Some(match &m.probe {
+            Probe::Command { command } => pb::monitor_spec::Probe::Command(command.clone()),
+            Probe::Http { url, expect_status } => pb::monitor_spec::Probe::Http(pb::HttpProbe {
+                url: url.clone(),
+                expect_status: u32::from(*expect_status),
+            }),
+        }),
+    }
+}
+
+pub fn incident(i: &Incident) -> pb::Incident {
+    pb::Incident {
+        id: i.id,
+        environment: i.environment.clone(),
+        opened_ms: i.opened_ms,
+        resolved_ms: i.resolved_ms,
+        reason: i.reason.clone(),
+        opened_by: i.opened_by.clone(),
+        deployment: i.deployment,
+        run_id: i.run_id.clone(),
+        stage: i.stage.clone(),
+        rollback_run: i.rollback_run.clone(),
+        status: i.resolution.map_or("open", |r| r.as_str()).into(),
+        resolved_by: i.resolved_by.clone(),
+        restored_by_deployment: i.restored_by_deployment,
+        note: i.note.clone(),
+    }
+}
+
+pub fn metrics(f: &Figures) -> pb::Metrics {
+    pb::Metrics {
+        environment: f.environment.clone(),
+        since_ms: f.since_ms,
+        now_ms: f.now_ms,
+        operating_since_ms: f.operating_since_ms,
+        operating_ms: f.operating_ms,
+        failures: f.failures,
+        open_incidents: f.open_incidents,
+        recovery_ms: f.recovery_ms,
+        mttr_ms: f.mttr_ms,
+        mtbf_ms: f.mtbf_ms,
+        deployments: f.deployments,
+        deployments_per_day: f.deployments_per_day,
+        lead_time_median_ms: f.lead_time_median_ms,
+        lead_time_mean_ms: f.lead_time_mean_ms,
+        lead_time_samples: f.lead_time_samples,
+        lead_time_from_created: f.lead_time_from_created,
+        change_deployments: f.change_deployments,
+        failed_changes: f.failed_changes,
+        change_failure_rate: f.change_failure_rate,
+        restore_median_ms: f.restore_median_ms,
+        restored: f.restored,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::command::{AssignStage, Kind};
+    use crate::state::testkit::{Kit, exit, monitored_pipeline};
+
+    #[test]
+    fn a_monitor_stage_is_assigned_with_its_checks_and_a_command_old_agents_fail() {
+        let mut k = Kit::new(&monitored_pipeline());
+        let run = k.start_run("svc");
+        k.run_stage(&run, "build", "a1", exit(0));
+        k.run_stage(&run, "deploy", "a1", exit(0));
+        k.ok(Kind::AssignStage(AssignStage {
+            run_id: run.clone(),
+            stage: "monitor".into(),
+            attempt: 1,
+            agent: "a1".into(),
+            lease_until_ms: k.now + 10_000,
+            term: 1,
+        }));
+        let a = assignment(&k.state, &run, "monitor", 1).expect("assignment");
+        assert_eq!(a.command, OLD_AGENT_MONITOR);
+        let m = a.monitor.expect("monitor");
+        assert_eq!(
+            (
+                m.duration_ms,
+                m.interval_ms,
+                m.failure_threshold,
+                m.timeout_ms
+            ),
+            (60_000, 1_000, 3, 1_000)
+        );
+        assert_eq!(
+            m.probe,
+            Some(pb::monitor_spec::Probe::Command("./healthcheck.sh".into()))
+        );
+        let deploy = assignment(&k.state, &run, "deploy", 1).expect("assignment");
+        assert!(deploy.monitor.is_none());
+        assert_eq!(deploy.command, "echo deploy");
+    }
 }

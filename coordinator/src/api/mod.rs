@@ -6,6 +6,7 @@ mod agent;
 mod cluster;
 mod control;
 pub mod convert;
+mod feedback;
 mod identity;
 mod peer;
 mod sessions;

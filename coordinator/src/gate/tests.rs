@@ -24,6 +24,7 @@ fn result(acc: Option<f64>, tests: Option<(u32, u32)>) -> StageResult {
         cancelled: false,
         errors: vec![],
         oom_killed: false,
+        check_at_ms: 0,
     }
 }
 

@@ -37,6 +37,7 @@ fn state_with(
             rollback: None,
             on_failure: Default::default(),
             artifacts: vec![],
+            monitor: None,
         });
     }
     let mut i = 0;

@@ -18,7 +18,7 @@ pub struct Command {
     pub at_ms: i64,
     #[prost(
         oneof = "Kind",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 30, 31"
     )]
     pub kind: Option<Kind>,
 }
@@ -53,6 +53,10 @@ pub enum Kind {
     Rollback(Rollback),
     #[prost(message, tag = "23")]
     Noop(Noop),
+    #[prost(message, tag = "30")]
+    OpenIncident(OpenIncident),
+    #[prost(message, tag = "31")]
+    ResolveIncident(ResolveIncident),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -201,6 +205,12 @@ pub struct StageResult {
     #[prost(bool, tag = "7")]
     #[serde(default)]
     pub oom_killed: bool,
+    /// For a monitoring stage: when the deciding health check ran (ms since the epoch, agent
+    /// clock; 0 = not a monitor). On failure the check that crossed the threshold, on success
+    /// the last check. An incident opens (or a rollback's resolves) at this time.
+    #[prost(int64, tag = "30")]
+    #[serde(default)]
+    pub check_at_ms: i64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -253,6 +263,29 @@ pub struct Rollback {
     pub environment: String,
     #[prost(string, tag = "2")]
     pub reason: String,
+}
+
+/// Opens an incident by hand (`cdctl incident open`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OpenIncident {
+    #[prost(string, tag = "1")]
+    pub environment: String,
+    #[prost(string, tag = "2")]
+    pub reason: String,
+    /// Who opened it (the caller's identity).
+    #[prost(string, tag = "3")]
+    pub identity: String,
+}
+
+/// Resolves an open incident by hand (`cdctl incident resolve`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ResolveIncident {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(string, tag = "2")]
+    pub identity: String,
+    #[prost(string, tag = "3")]
+    pub note: String,
 }
 
 /// Proposed by a new leader so it can commit an entry of its term; changes nothing.

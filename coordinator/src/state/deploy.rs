@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use cd_common::spec::OnFailure;
+use cd_common::spec::{OnFailure, StageSpec};
 
 use super::command::Rollback;
 use super::{
     Deployment, DeploymentStatus, Event, RollbackPlan, Run, RunKind, RunState, Stage, State,
-    StateError, flow, runs,
+    StateError, flow, incidents, runs,
 };
 
 /// The latest successful deployment of `env`.
@@ -19,8 +19,10 @@ pub(super) fn current<'a>(deployments: &'a [Deployment], env: &str) -> Option<&'
         .find(|d| d.environment == env && d.status == DeploymentStatus::Succeeded)
 }
 
-/// Records the deployment a finished stage made, and starts an automatic rollback when a
-/// stage with `on_failure: rollback` failed.
+/// Records the deployment a finished stage made; for a failed check after a deployment (a
+/// `monitor` stage, or any stage with `on_failure: rollback`) opens an incident and, when asked,
+/// starts an automatic rollback; for a rollback run whose last stage passed, resolves the
+/// incidents it was started for.
 pub(super) fn stage_finished(
     state: &mut State,
     run_id: &str,
@@ -35,6 +37,7 @@ pub(super) fn stage_finished(
     let Some(spec) = state.stage_spec(run, stage).cloned() else {
         return;
     };
+    let check_at = check_time(run, stage, at);
     if let Some(env) = &spec.environment {
         let deployment = new_deployment(state, run, stage, env, success, at);
         if let (true, Some(plan)) = (success, &run.rollback)
@@ -46,8 +49,73 @@ pub(super) fn stage_finished(
         }
         state.deployments.push(deployment);
     }
-    if !success && spec.on_failure == OnFailure::Rollback && run.kind == RunKind::Release {
-        auto_rollback(state, run_id, stage, at, events);
+    let Some(run) = state.runs.get(run_id) else {
+        return;
+    };
+    if success && let Some(plan) = &run.rollback {
+        let last = plan.check.as_ref().unwrap_or(&plan.stage);
+        if last.name == stage {
+            let restored = state
+                .deployments
+                .iter()
+                .rev()
+                .find(|d| d.run_id == run_id && d.status != DeploymentStatus::Failed)
+                .map_or(0, |d| d.id);
+            let resolved_at = if plan.check.is_some() { check_at } else { at };
+            incidents::resolve_by_rollback(state, run_id, restored, resolved_at);
+        }
+        return;
+    }
+    let watches = spec.on_failure == OnFailure::Rollback || spec.monitor.is_some();
+    if !success && run.kind == RunKind::Release && watches {
+        failed_check(state, run_id, &spec, check_at, at, events);
+    }
+}
+
+/// When the deciding check of `stage`'s last attempt ran: the time the agent reported, kept
+/// within the attempt's lifetime (agent clocks drift), else `at`.
+fn check_time(run: &Run, stage: &str, at: i64) -> i64 {
+    let Some(attempt) = run.stage(stage).and_then(|s| s.attempts.last()) else {
+        return at;
+    };
+    match attempt.result.as_ref().map_or(0, |r| r.check_at_ms) {
+        0 => at,
+        t => t.clamp(attempt.assigned_ms.min(at), at),
+    }
+}
+
+/// A check after a deployment failed: every environment the run deployed nearest upstream of
+/// the check gets an incident opened at `check_at`, and a rollback (with the check re-run as
+/// its health check) when the stage says `on_failure: rollback`.
+fn failed_check(
+    state: &mut State,
+    run_id: &str,
+    spec: &StageSpec,
+    check_at: i64,
+    at: i64,
+    events: &mut Vec<Event>,
+) {
+    let why = state
+        .runs
+        .get(run_id)
+        .and_then(|r| r.stage(&spec.name))
+        .map(|s| s.reason.clone())
+        .unwrap_or_default();
+    for env in nearest_envs(state, run_id, &spec.name) {
+        let reason = format!("stage {} of run {run_id} failed: {why}", spec.name);
+        let id =
+            incidents::open_for_failed_check(state, &env, run_id, &spec.name, &reason, check_at);
+        if spec.on_failure != OnFailure::Rollback {
+            continue;
+        }
+        let c = Rollback {
+            environment: env,
+            reason: format!("stage {} of run {run_id} failed", spec.name),
+        };
+        // A refusal (nothing earlier to restore) leaves the incident open for an operator.
+        if let Ok(rollback_run) = start_rollback(state, &c, Some(spec.clone()), at, events) {
+            incidents::link_rollback(state, id, &rollback_run);
+        }
     }
 }
 
@@ -114,12 +182,13 @@ fn upstream_metrics(state: &State, run: &Run, stage: &str) -> BTreeMap<String, f
     out
 }
 
-fn auto_rollback(state: &mut State, run_id: &str, stage: &str, at: i64, events: &mut Vec<Event>) {
+/// The environments of the deploying stages nearest upstream of `stage` that `run_id` itself
+/// deployed and that are still in service: a failed production check concerns production, not
+/// the staging deployment that came before it.
+fn nearest_envs(state: &State, run_id: &str, stage: &str) -> Vec<String> {
     let Some(run) = state.runs.get(run_id) else {
-        return;
+        return Vec::new();
     };
-    // Only the nearest deploying stages upstream: a failed production check rolls production
-    // back, not the staging deployment that came before it.
     let ups = flow::upstream(&state.pipelines, run, stage);
     let deploying: Vec<&String> = ups
         .iter()
@@ -134,23 +203,35 @@ fn auto_rollback(state: &mut State, run_id: &str, stage: &str, at: i64, events: 
             .iter()
             .any(|other| other != *s && flow::upstream(&state.pipelines, run, other).contains(**s))
     });
-    let envs: Vec<String> = nearest
+    nearest
         .filter_map(|s| state.stage_spec(run, s)?.environment.clone())
         .filter(|env| current(&state.deployments, env).is_some_and(|d| d.run_id == run_id))
-        .collect();
-    for env in envs {
-        let c = Rollback {
-            environment: env,
-            reason: format!("stage {stage} of run {run_id} failed"),
-        };
-        // A refusal (nothing earlier to restore) leaves the failed run as the record.
-        let _ = start_rollback(state, &c, at, events);
-    }
+        .collect()
 }
 
+/// The health check a rollback run makes after its deployment: the failed check again, once
+/// deployed, until its first passing check (a monitor's `duration` becomes 0).
+fn health_check(failed: &StageSpec, deploy_stage: &str) -> StageSpec {
+    let mut check = failed.clone();
+    check.needs = vec![deploy_stage.to_string()];
+    check.on_failure = OnFailure::Fail;
+    check.gate = None;
+    check.environment = None;
+    if let Some(m) = &mut check.monitor {
+        m.duration_ms = 0;
+    }
+    if check.name == deploy_stage {
+        check.name = format!("{}-check", check.name);
+    }
+    check
+}
+
+/// Starts a rollback run of `c.environment`; `check` (the failed check, for an automatic
+/// rollback) becomes its health-check stage.
 pub(super) fn start_rollback(
     state: &mut State,
     c: &Rollback,
+    check: Option<StageSpec>,
     at: i64,
     events: &mut Vec<Event>,
 ) -> Result<String, StateError> {
@@ -225,6 +306,9 @@ pub(super) fn start_rollback(
         .ok_or_else(|| StateError::NotFound(target.pipeline.clone()))?;
     let id = format!("{}-{}", target.pipeline, pipeline.next_run);
     pipeline.next_run += 1;
+    let check = check.map(|c| health_check(&c, &stage.name));
+    let mut stages = vec![Stage::new(&stage.name)];
+    stages.extend(check.iter().map(|c| Stage::new(&c.name)));
     let run = Run {
         id: id.clone(),
         seq: state.next_run_seq,
@@ -238,12 +322,13 @@ pub(super) fn start_rollback(
             format!("rollback: {}", c.reason)
         },
         kind: RunKind::Rollback,
-        stages: vec![Stage::new(&stage.name)],
+        stages,
         rollback: Some(RollbackPlan {
             environment: env.clone(),
             restores: target.id,
             undoes: base,
             stage,
+            check,
         }),
         state: RunState::Running,
         created_ms: at,

@@ -16,7 +16,10 @@ pub(super) fn stage_spec<'a>(
     stage: &str,
 ) -> Option<&'a StageSpec> {
     if let Some(plan) = &run.rollback {
-        return (plan.stage.name == stage).then_some(&plan.stage);
+        if plan.stage.name == stage {
+            return Some(&plan.stage);
+        }
+        return plan.check.as_ref().filter(|c| c.name == stage);
     }
     pipelines
         .get(&run.pipeline)?

@@ -6,6 +6,8 @@ mod attempts;
 pub mod command;
 mod deploy;
 mod flow;
+mod incidents;
+pub mod metrics;
 pub mod model;
 mod pipelines;
 mod runs;
@@ -13,7 +15,7 @@ mod runs;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 #[cfg(test)]
 mod tests;
 
@@ -22,6 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 pub use command::{AttemptKey, Command, Kind};
+pub use incidents::MAX_TEXT as MAX_INCIDENT_TEXT;
 pub use model::*;
 
 /// Version of the snapshot encoding of `State`.
@@ -42,6 +45,9 @@ pub struct State {
     /// Coordinator node id -> API address, changed only by Raft configuration entries.
     #[serde(default)]
     pub members: BTreeMap<u64, String>,
+    /// Every incident ever recorded; `id` is position + 1.
+    #[serde(default)]
+    pub incidents: Vec<Incident>,
 }
 
 /// What apply tells the world besides its answer: the store writes `LogAppended` durably; the
@@ -92,9 +98,14 @@ pub struct LogAck {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Done,
-    Pipeline { version: u32, changed: bool },
+    Pipeline {
+        version: u32,
+        changed: bool,
+    },
     Run(String),
     LogAcks(Vec<LogAck>),
+    /// The id of the incident the command opened or resolved.
+    Incident(u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -140,9 +151,11 @@ pub fn apply(state: &mut State, cmd: &Command, index: u64) -> Applied {
             Kind::Approve(c) => runs::approve(state, c, at, &mut events),
             Kind::Reject(c) => runs::reject(state, c, at, &mut events),
             Kind::Rollback(c) => {
-                deploy::start_rollback(state, c, at, &mut events).map(Outcome::Run)
+                deploy::start_rollback(state, c, None, at, &mut events).map(Outcome::Run)
             }
             Kind::Noop(_) => Ok(Outcome::Done),
+            Kind::OpenIncident(c) => incidents::open_by_hand(state, c, at),
+            Kind::ResolveIncident(c) => incidents::resolve_by_hand(state, c, at),
         },
     };
     Applied { result, events }

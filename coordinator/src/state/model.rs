@@ -202,6 +202,11 @@ pub struct RollbackPlan {
     /// The deploying stage of the pipeline version being restored, with `run` replaced by its
     /// `rollback` command when it has one.
     pub stage: StageSpec,
+    /// The health check run after `stage` (needs it): the failed monitor's probe, re-run until
+    /// its first passing check. Only automatic rollbacks have one; its success resolves the
+    /// incident the failure opened.
+    #[serde(default)]
+    pub check: Option<StageSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -282,4 +287,58 @@ pub struct Deployment {
     pub kind: RunKind,
     /// For a rollback: the deployment whose revision it restored (0 otherwise).
     pub restores: u64,
+}
+
+/// How an incident ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// The automatic rollback's deployment succeeded and its health check passed.
+    Rollback,
+    /// An operator resolved it (`cdctl incident resolve`).
+    Manual,
+}
+
+impl Resolution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rollback => "rollback",
+            Self::Manual => "manual",
+        }
+    }
+}
+
+/// A period during which an environment was failing: opened by a failed monitor (or by hand),
+/// resolved by the automatic rollback's passing health check (or by hand). MTTR, MTBF and
+/// DORA's time to restore are computed from these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    /// Position in `State::incidents` + 1.
+    pub id: u64,
+    pub environment: String,
+    pub opened_ms: i64,
+    /// 0 while open.
+    pub resolved_ms: i64,
+    pub reason: String,
+    /// `monitor` for an automatic incident, else the identity that opened it.
+    pub opened_by: String,
+    /// The deployment in service when it opened (the suspected cause; 0 if none).
+    pub deployment: u64,
+    /// The run and stage whose failed check opened it (empty for a manual incident).
+    pub run_id: String,
+    pub stage: String,
+    /// The automatic rollback run started for it (empty if none was started).
+    pub rollback_run: String,
+    pub resolution: Option<Resolution>,
+    /// The rollback run that restored service, or the identity that resolved it.
+    pub resolved_by: String,
+    /// The deployment that restored service (0 for a manual resolution).
+    pub restored_by_deployment: u64,
+    pub note: String,
+}
+
+impl Incident {
+    pub fn is_open(&self) -> bool {
+        self.resolution.is_none()
+    }
 }

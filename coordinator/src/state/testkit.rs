@@ -24,6 +24,7 @@ pub fn stage(name: &str, needs: &[&str]) -> StageSpec {
         rollback: None,
         on_failure: OnFailure::Fail,
         artifacts: vec![],
+        monitor: None,
     }
 }
 
@@ -52,6 +53,32 @@ pub fn ml_pipeline(approvals: u32) -> PipelineSpec {
         source: None,
         env: BTreeMap::new(),
         stages: vec![stage("build", &[]), acceptance, deploy, monitor],
+    }
+}
+
+/// build -> deploy (production, with a rollback command) -> monitor (health checks every
+/// second for a minute, `on_failure: rollback`).
+pub fn monitored_pipeline() -> PipelineSpec {
+    let mut deploy = stage("deploy", &["build"]);
+    deploy.environment = Some("production".into());
+    deploy.rollback = Some("./deploy.sh --rollback".into());
+    let mut monitor = stage("monitor", &["deploy"]);
+    monitor.run = String::new();
+    monitor.on_failure = OnFailure::Rollback;
+    monitor.monitor = Some(MonitorSpec {
+        duration_ms: 60_000,
+        interval_ms: 1_000,
+        failure_threshold: 3,
+        timeout_ms: 1_000,
+        probe: Probe::Command {
+            command: "./healthcheck.sh".into(),
+        },
+    });
+    PipelineSpec {
+        name: "svc".into(),
+        source: None,
+        env: BTreeMap::new(),
+        stages: vec![stage("build", &[]), deploy, monitor],
     }
 }
 
@@ -99,13 +126,22 @@ impl Kit {
         }
     }
 
+    /// Stamps the next command with `at_ms` exactly (later ones keep adding 10 ms).
+    pub fn set_time(&mut self, at_ms: i64) {
+        self.now = at_ms - 10;
+    }
+
     pub fn start_run(&mut self, pipeline: &str) -> String {
+        self.start_run_with(pipeline, "r", 0)
+    }
+
+    pub fn start_run_with(&mut self, pipeline: &str, revision: &str, commit_at_ms: i64) -> String {
         match self.ok(Kind::StartRun(StartRun {
             pipeline: pipeline.into(),
-            revision: "r".into(),
+            revision: revision.into(),
             params: BTreeMap::new(),
             trigger: String::new(),
-            commit_at_ms: 0,
+            commit_at_ms,
         })) {
             Outcome::Run(id) => id,
             o => panic!("unexpected {o:?}"),
@@ -154,7 +190,15 @@ pub fn exit(code: i32) -> StageResult {
         cancelled: false,
         errors: vec![],
         oom_killed: false,
+        check_at_ms: 0,
     }
+}
+
+/// A monitor's result: `code` 0 passed, else failed, deciding check at `check_at_ms`.
+pub fn checked(code: i32, check_at_ms: i64) -> StageResult {
+    let mut r = exit(code);
+    r.check_at_ms = check_at_ms;
+    r
 }
 
 pub fn with_accuracy(acc: f64) -> StageResult {
