@@ -128,6 +128,10 @@ fn design_example_parses_to_the_expected_spec() {
         source: None,
         env: BTreeMap::new(),
         stages: vec![build, test, staging, acceptance, production, monitor],
+        repository: None,
+        trigger: Default::default(),
+        concurrency: None,
+        on_new_run: Default::default(),
     };
     assert_eq!(spec, expected);
     assert_eq!(

@@ -29,6 +29,7 @@
 mod container;
 mod convert;
 mod node;
+mod triggers;
 mod types;
 mod validate;
 
@@ -36,6 +37,7 @@ pub use container::{
     MAX_CPUS, MAX_IMAGE_NAME_LEN, MAX_MEMORY_BYTES, MAX_USER_LEN, MIN_CPUS, MIN_MEMORY_BYTES,
 };
 pub use convert::MAX_RETRIES;
+pub use triggers::{MAX_CONCURRENCY, MIN_POLL_INTERVAL_MS, next_fire_ms, parse_cron};
 pub use types::*;
 
 /// Largest spec accepted, in bytes.

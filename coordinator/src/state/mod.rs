@@ -9,6 +9,7 @@ mod flow;
 pub mod model;
 mod pipelines;
 mod runs;
+mod triggers;
 
 #[cfg(test)]
 mod proptests;
@@ -16,6 +17,8 @@ mod proptests;
 mod testkit;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trigger_tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -42,6 +45,12 @@ pub struct State {
     /// Coordinator node id -> API address, changed only by Raft configuration entries.
     #[serde(default)]
     pub members: BTreeMap<u64, String>,
+    /// Per pipeline: what its triggers already fired for (exactly one run per commit).
+    #[serde(default)]
+    pub triggers: BTreeMap<String, TriggerState>,
+    /// Environment -> the run deploying to it now (the deploy lock).
+    #[serde(default)]
+    pub env_locks: BTreeMap<String, String>,
 }
 
 /// What apply tells the world besides its answer: the store writes `LogAppended` durably; the
@@ -95,6 +104,8 @@ pub enum Outcome {
     Pipeline { version: u32, changed: bool },
     Run(String),
     LogAcks(Vec<LogAck>),
+    /// A trigger for something that already started a run (that run's id).
+    AlreadyTriggered { run_id: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -143,6 +154,7 @@ pub fn apply(state: &mut State, cmd: &Command, index: u64) -> Applied {
                 deploy::start_rollback(state, c, at, &mut events).map(Outcome::Run)
             }
             Kind::Noop(_) => Ok(Outcome::Done),
+            Kind::TriggerRun(c) => triggers::trigger_run(state, c, at, &mut events),
         },
     };
     Applied { result, events }

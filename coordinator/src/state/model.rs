@@ -283,3 +283,22 @@ pub struct Deployment {
     /// For a rollback: the deployment whose revision it restored (0 otherwise).
     pub restores: u64,
 }
+
+/// What a pipeline's triggers have fired for.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TriggerState {
+    /// (commit, run it started), oldest first, at most `RECENT_COMMITS`.
+    #[serde(default)]
+    pub commits: Vec<(String, String)>,
+    /// The schedule's latest fire time that started a run (ms), and that run.
+    #[serde(default)]
+    pub last_fire_ms: i64,
+    #[serde(default)]
+    pub last_fire_run: String,
+}
+
+impl TriggerState {
+    pub fn has_commit(&self, sha: &str) -> bool {
+        self.commits.iter().any(|(c, _)| c == sha)
+    }
+}

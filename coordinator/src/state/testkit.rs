@@ -52,6 +52,10 @@ pub fn ml_pipeline(approvals: u32) -> PipelineSpec {
         source: None,
         env: BTreeMap::new(),
         stages: vec![stage("build", &[]), acceptance, deploy, monitor],
+        repository: None,
+        trigger: Default::default(),
+        concurrency: None,
+        on_new_run: Default::default(),
     }
 }
 
