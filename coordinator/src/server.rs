@@ -139,6 +139,17 @@ impl Coordinator {
             )
             .instrument(info_span!("scheduler")),
         );
+        let trig = tokio::spawn(
+            crate::triggers::run(
+                node.clone(),
+                crate::triggers::TriggerConfig {
+                    cache_dir: cfg.data_dir.join("triggers"),
+                    tick: Duration::from_millis(100),
+                },
+                shutdown.clone(),
+            )
+            .instrument(info_span!("triggers")),
+        );
         let api_cfg = ApiConfig {
             lease: cfg.lease,
             limits: cfg.limits.clone(),
@@ -159,6 +170,7 @@ impl Coordinator {
             // write its final snapshot.
             shutdown.cancel();
             let _ = sched.await;
+            let _ = trig.await;
             node_stop.cancel();
             let node_result = node_task
                 .await

@@ -287,7 +287,10 @@ impl<'a> Field<'a> {
     }
 
     /// A list of strings with each item's node, checked by `check`.
-    pub(crate) fn strings(&self, check: impl Fn(&str) -> Option<String>) -> R<(Vec<String>, Vec<usize>)> {
+    pub(crate) fn strings(
+        &self,
+        check: impl Fn(&str) -> Option<String>,
+    ) -> R<(Vec<String>, Vec<usize>)> {
         let Kind::Seq(items) = &self.value.kind else {
             return Err(self.expected("a list"));
         };

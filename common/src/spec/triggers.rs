@@ -39,7 +39,9 @@ fn repository_problem(s: &str) -> Option<String> {
         return Some(format!("`{s}` must not start with `-`"));
     }
     if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Some(format!("`{s}` must not contain spaces or control characters"));
+        return Some(format!(
+            "`{s}` must not contain spaces or control characters"
+        ));
     }
     None
 }
@@ -55,7 +57,9 @@ fn branch_problem(s: &str) -> Option<String> {
     if s.contains("..")
         || s.contains("@{")
         || s.chars().any(|c| {
-            c.is_whitespace() || c.is_control() || matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\')
+            c.is_whitespace()
+                || c.is_control()
+                || matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\')
         })
     {
         return Some(format!("`{s}` is not a valid branch name"));
@@ -167,9 +171,7 @@ fn webhook(field: &Field) -> R<WebhookTrigger> {
         Some(f) => {
             let s = f.string()?;
             if !s.starts_with('/') {
-                return Err(f.fail(format!(
-                    "`{s}` must be an absolute path on the coordinator"
-                )));
+                return Err(f.fail(format!("`{s}` must be an absolute path on the coordinator")));
             }
             Some(s.to_string())
         }

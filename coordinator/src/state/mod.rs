@@ -101,11 +101,16 @@ pub struct LogAck {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Done,
-    Pipeline { version: u32, changed: bool },
+    Pipeline {
+        version: u32,
+        changed: bool,
+    },
     Run(String),
     LogAcks(Vec<LogAck>),
     /// A trigger for something that already started a run (that run's id).
-    AlreadyTriggered { run_id: String },
+    AlreadyTriggered {
+        run_id: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -77,8 +77,14 @@ fn a_commit_starts_one_run_pinned_to_it_however_often_it_is_proposed() {
 fn a_schedule_fires_once_per_fire_time() {
     let mut k = Kit::new(&triggered_spec());
     assert!(matches!(k.ok(fire(5_000)), Outcome::Run(_)));
-    assert!(matches!(k.ok(fire(5_000)), Outcome::AlreadyTriggered { .. }));
-    assert!(matches!(k.ok(fire(4_000)), Outcome::AlreadyTriggered { .. }));
+    assert!(matches!(
+        k.ok(fire(5_000)),
+        Outcome::AlreadyTriggered { .. }
+    ));
+    assert!(matches!(
+        k.ok(fire(4_000)),
+        Outcome::AlreadyTriggered { .. }
+    ));
     assert!(matches!(k.ok(fire(6_000)), Outcome::Run(_)));
     assert_eq!(k.state.runs.len(), 2);
 }
