@@ -78,6 +78,10 @@ struct ServeArgs {
     /// Raft tick: heartbeats every 2 ticks, elections after 10-20 ticks without a leader.
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
     raft_tick: std::time::Duration,
+    /// Serve `POST /hooks/<pipeline>` for pipelines with `trigger.webhook` on this address
+    /// (HTTPS with this node's certificate; no client certificate asked). Off by default.
+    #[arg(long)]
+    webhook_listen: Option<SocketAddr>,
     /// Accept the SetFaults RPC, which drops raft messages to chosen nodes. For tests only.
     #[arg(long, hide = true)]
     enable_fault_injection: bool,
@@ -162,6 +166,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     cfg.fault_injection = args.enable_fault_injection;
     cfg.lease = args.lease;
     cfg.snapshot_every = args.snapshot_every;
+    cfg.webhook_listen = args.webhook_listen;
     let shutdown = shutdown_on_signals();
     let coordinator = Coordinator::start(cfg, listener, shutdown)?;
     // Tests and scripts read this line to learn the port.

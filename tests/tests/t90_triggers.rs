@@ -112,3 +112,148 @@ async fn a_commit_starts_one_run_when_the_leader_dies_right_after_starting_it() 
 {
     leader_dies_at("trigger-after-propose").await
 }
+
+/// POSTs `body` to the coordinator's webhook listener with `curl`; returns (status, body).
+fn post_hook(
+    s: &Single,
+    port: u16,
+    pipeline: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--max-time", "20", "-o", "-", "-w", "\n%{http_code}"])
+        .arg("--cacert")
+        .arg(&s.op.ca)
+        .arg(format!("https://localhost:{port}/hooks/{pipeline}"))
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        ]);
+    for (k, v) in headers {
+        cmd.arg("-H").arg(format!("{k}: {v}"));
+    }
+    let out = cmd.output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout)?;
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    Ok((code.trim().parse()?, body.to_string()))
+}
+
+fn github_signature(secret: &str, body: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let tag = ring::hmac::sign(&key, body.as_bytes());
+    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+async fn pipeline_info(s: &Single, name: &str) -> anyhow::Result<pb::Pipeline> {
+    Ok(s.client()
+        .await?
+        .get_pipeline(pb::GetPipelineRequest {
+            name: name.into(),
+            version: 0,
+        })
+        .await?
+        .into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_webhook_starts_a_run_and_a_bad_signature_is_refused() -> anyhow::Result<()> {
+    let port = cd_tests::cluster::free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let s = Single::start(&["agent-1"], &["--webhook-listen", &listen], &[]).await?;
+    let secret_file = s.path("hook.secret");
+    std::fs::write(&secret_file, "s3cret\n")?;
+    let yaml = format!(
+        r#"
+name: hooked
+trigger:
+  webhook: {{ secret_file: "{}", branch: main }}
+stages:
+  - name: build
+    run: echo "at $CD_REVISION"
+"#,
+        secret_file.display()
+    );
+    apply_pipeline(&mut s.client().await?, &yaml, s.tmp.path()).await?;
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let push = format!(
+        r#"{{"ref":"refs/heads/main","after":"{sha}","head_commit":{{"id":"{sha}","timestamp":"2026-11-28T10:00:00Z"}}}}"#
+    );
+
+    // Forged: signed with another secret, or not signed at all.
+    let forged = github_signature("guess", &push);
+    let (code, body) = post_hook(
+        &s,
+        port,
+        "hooked",
+        &[("X-Hub-Signature-256", forged)],
+        &push,
+    )?;
+    assert_eq!(code, 401, "{body}");
+    let (code, _) = post_hook(&s, port, "hooked", &[], &push)?;
+    assert_eq!(code, 401);
+    let (code, _) = post_hook(
+        &s,
+        port,
+        "hooked",
+        &[("X-Gitlab-Token", "s3cre".into())],
+        &push,
+    )?;
+    assert_eq!(code, 401);
+    assert_eq!(pipeline_info(&s, "hooked").await?.webhook_refused, 3);
+    assert!(
+        list_runs(&mut s.client().await?, "hooked")
+            .await?
+            .is_empty()
+    );
+
+    // Signed: one run at the pushed commit; a redelivery starts nothing new.
+    let good = github_signature("s3cret", &push);
+    let headers = [
+        ("X-Hub-Signature-256", good),
+        ("X-GitHub-Event", "push".to_string()),
+    ];
+    let (code, body) = post_hook(&s, port, "hooked", &headers, &push)?;
+    assert_eq!(code, 201, "{body}");
+    let reply: serde_json::Value = serde_json::from_str(&body)?;
+    let run_id = reply["run"].as_str().unwrap_or_default().to_string();
+    let run = s.wait_final(&run_id, Duration::from_secs(30)).await?;
+    assert_eq!(
+        run.state,
+        RunState::Succeeded as i32,
+        "{}",
+        describe(Some(&run))
+    );
+    assert_eq!(
+        (run.revision.as_str(), run.trigger.as_str()),
+        (sha, "webhook")
+    );
+    assert_eq!(run.commit_at_ms, 1_795_860_000_000);
+    let (code, body) = post_hook(&s, port, "hooked", &headers, &push)?;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"duplicate\":true"), "{body}");
+
+    // GitLab style: the plain token; a push to another branch is ignored.
+    let gitlab = r#"{"ref":"refs/heads/main","before":"0","after":"aaaa","checkout_sha":"bbbb","commits":[]}"#;
+    let token = [("X-Gitlab-Token", "s3cret".to_string())];
+    let (code, body) = post_hook(&s, port, "hooked", &token, gitlab)?;
+    assert_eq!(code, 201, "{body}");
+    let other = r#"{"ref":"refs/heads/feature","after":"cccc"}"#;
+    let (code, body) = post_hook(&s, port, "hooked", &token, other)?;
+    assert_eq!(code, 202, "{body}");
+
+    let runs = list_runs(&mut s.client().await?, "hooked").await?;
+    let mut revisions: Vec<&str> = runs.iter().map(|r| r.revision.as_str()).collect();
+    revisions.sort();
+    assert_eq!(revisions, vec![sha, "bbbb"]);
+    assert_eq!(pipeline_info(&s, "hooked").await?.webhook_refused, 3);
+    Ok(())
+}

@@ -157,7 +157,25 @@ pub fn deployment(d: &Deployment) -> pb::Deployment {
     }
 }
 
-pub fn pipeline(p: &state::Pipeline, v: &state::PipelineVersion) -> pb::Pipeline {
+pub fn pipeline(st: &State, p: &state::Pipeline, v: &state::PipelineVersion) -> pb::Pipeline {
+    let t = &v.spec.trigger;
+    let mut triggers = Vec::new();
+    if let Some(g) = &t.git {
+        triggers.push(format!(
+            "git {} {} every {}",
+            g.repository,
+            g.branch,
+            cd_common::duration::format_ms(g.interval_ms)
+        ));
+    }
+    if t.webhook.is_some() {
+        triggers.push("webhook".to_string());
+    }
+    if let Some(s) = &t.schedule {
+        triggers.push(format!("schedule {}", s.cron));
+    }
+    let seen = st.triggers.get(&p.name);
+    let last = seen.and_then(|s| s.commits.last());
     pb::Pipeline {
         name: p.name.clone(),
         version: v.version,
@@ -165,6 +183,13 @@ pub fn pipeline(p: &state::Pipeline, v: &state::PipelineVersion) -> pb::Pipeline
         file_name: v.file_name.clone(),
         created_ms: v.created_ms,
         stage_names: v.spec.stages.iter().map(|s| s.name.clone()).collect(),
+        triggers,
+        webhook_refused: 0,
+        last_commit: last.map(|(c, _)| c.clone()).unwrap_or_default(),
+        last_commit_run: last.map(|(_, r)| r.clone()).unwrap_or_default(),
+        last_fire_ms: seen.map_or(0, |s| s.last_fire_ms),
+        concurrency: v.spec.concurrency.unwrap_or(0),
+        on_new_run: v.spec.on_new_run.as_str().to_string(),
     }
 }
 
