@@ -257,3 +257,45 @@ stages:
     assert_eq!(pipeline_info(&s, "hooked").await?.webhook_refused, 3);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schedule_fires_once_per_fire_time() -> anyhow::Result<()> {
+    let s = Single::start(&["agent-1"], &[], &[]).await?;
+    let yaml = r#"
+name: nightly
+trigger:
+  schedule: { cron: "* * * * * *" }   # every second (6 fields: seconds first)
+stages:
+  - name: build
+    run: echo tick
+"#;
+    let mut c = s.client().await?;
+    let applied = apply_pipeline(&mut c, yaml, s.tmp.path()).await?;
+    let runs = eventually("two scheduled runs", Duration::from_secs(20), || {
+        let mut c = c.clone();
+        async move {
+            let runs = list_runs(&mut c, "nightly").await.ok()?;
+            (runs.len() >= 2).then_some(runs)
+        }
+    })
+    .await?;
+    let info = pipeline_info(&s, "nightly").await?;
+    assert_eq!(info.triggers, vec!["schedule * * * * * *".to_string()]);
+    assert!(info.last_fire_ms > applied.created_ms, "{info:?}");
+    assert_eq!(info.last_fire_ms % 1000, 0, "fires on whole seconds");
+    for r in &runs {
+        assert_eq!(r.trigger, "schedule");
+    }
+    // One run per fire time: never more runs than seconds elapsed since the pipeline was
+    // applied (plus the one in flight).
+    let later = list_runs(&mut c, "nightly").await?;
+    let elapsed_s = (cd_common::time::now_ms() - applied.created_ms) / 1000;
+    assert!(
+        later.len() as i64 <= elapsed_s + 1,
+        "{} runs in {elapsed_s}s",
+        later.len()
+    );
+    let first = s.wait_final(&runs[0].id, Duration::from_secs(30)).await?;
+    assert_eq!(first.state, RunState::Succeeded as i32);
+    Ok(())
+}
