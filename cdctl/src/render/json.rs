@@ -111,6 +111,7 @@ pub fn stage(s: &Stage) -> Value {
         "approvals": s.approvals.iter().map(approval).collect::<Vec<_>>(),
         "environment": s.environment,
         "needs": s.needs,
+        "waiting_for": s.waiting_for,
     })
 }
 
@@ -128,6 +129,8 @@ pub fn run(r: &Run) -> Value {
         "params": string_map(&r.params),
         "kind": r.kind,
         "reason": r.reason,
+        "queued": r.queued,
+        "superseded_by": r.superseded_by,
     })
 }
 
@@ -246,10 +249,12 @@ mod tests {
                 "params",
                 "pipeline",
                 "pipeline_version",
+                "queued",
                 "reason",
                 "revision",
                 "stages",
                 "state",
+                "superseded_by",
                 "trigger"
             ]
         );

@@ -131,7 +131,7 @@ pub fn runs(items: &[Run], now: i64) -> String {
             r.pipeline_version.to_string(),
             or_dash(&r.revision),
             or_dash(&r.kind),
-            run_state_name(r.state).to_string(),
+            super::run_state_label(r).to_string(),
             when(r.created_ms, now),
             run_duration(r, now),
         ]);
@@ -178,7 +178,7 @@ pub fn run_detail(r: &Run, now: i64) -> String {
         ("revision", or_dash(&r.revision)),
         ("trigger", or_dash(&r.trigger)),
         ("kind", or_dash(&r.kind)),
-        ("state", run_state_name(r.state).to_string()),
+        ("state", super::run_state_label(r).to_string()),
         ("created", when(r.created_ms, now)),
         ("finished", when(r.finished_ms, now)),
         ("duration", run_duration(r, now)),
@@ -550,6 +550,8 @@ pub(crate) mod tests {
             kind: "release".into(),
             reason: String::new(),
             commit_at_ms: 0,
+            queued: false,
+            superseded_by: String::new(),
             stages: vec![
                 Stage {
                     name: "build".into(),

@@ -115,6 +115,7 @@ fn stage(st: &State, run: &state::Run, s: &Stage) -> pb::Stage {
             .and_then(|sp| sp.environment.clone())
             .unwrap_or_default(),
         needs: spec.map(|sp| sp.needs.clone()).unwrap_or_default(),
+        waiting_for: s.waiting_for.clone(),
     }
 }
 
@@ -137,6 +138,8 @@ pub fn run(st: &State, r: &state::Run) -> pb::Run {
         kind: kind(r.kind),
         reason: r.reason.clone(),
         commit_at_ms: r.commit_at_ms,
+        queued: r.queued,
+        superseded_by: r.superseded_by.clone(),
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod attempts;
 pub mod command;
+mod concurrency;
 mod deploy;
 mod flow;
 pub mod model;
@@ -11,6 +12,8 @@ mod pipelines;
 mod runs;
 mod triggers;
 
+#[cfg(test)]
+mod concurrency_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]

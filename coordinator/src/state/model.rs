@@ -154,6 +154,9 @@ pub struct Stage {
     pub failures: u32,
     /// When the stage last became queued: the scheduler serves oldest first.
     pub queued_ms: i64,
+    /// The environment whose deploy lock this pending stage waits for ("" = none).
+    #[serde(default)]
+    pub waiting_for: String,
 }
 
 impl Stage {
@@ -167,6 +170,7 @@ impl Stage {
             approvals: Vec::new(),
             failures: 0,
             queued_ms: 0,
+            waiting_for: String::new(),
         }
     }
 
@@ -224,6 +228,12 @@ pub struct Run {
     /// When the revision was committed (0 = unknown); DORA lead time counts from here.
     #[serde(default)]
     pub commit_at_ms: i64,
+    /// Waiting for a slot under the pipeline's `concurrency`: no stage moves until admitted.
+    #[serde(default)]
+    pub queued: bool,
+    /// The newer run that cancelled this one (`on_new_run: supersede`).
+    #[serde(default)]
+    pub superseded_by: String,
 }
 
 impl Run {
