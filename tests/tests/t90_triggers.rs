@@ -18,7 +18,7 @@ trigger:
   git: {{ repository: "{}", branch: main, interval: 300ms }}
 stages:
   - name: build
-    run: echo "building $CD_REVISION"
+    run: echo "building $CD_REVISION from $(cat file.txt)"
 "#,
         repo.path()
     )
@@ -85,8 +85,15 @@ async fn leader_dies_at(point: &str) -> anyhow::Result<()> {
     assert_eq!(run.trigger, "git");
     assert_eq!(run.commit_at_ms, repo.commit_ms(&first)?);
     let mut ctl = c.leader_control().await?;
+    // The agent checked the pinned commit out into the workspace.
     let log = String::from_utf8(logs(&mut ctl, &run.id, "build").await?)?;
-    assert_eq!(log, format!("building {first}\n"));
+    assert!(
+        log.ends_with(&format!(
+            "checked out {} at {first}\nbuilding {first} from one\n",
+            repo.path()
+        )),
+        "{log}"
+    );
 
     // The survivor keeps polling: the next commit gets its run, and by then it has seen the
     // first commit again (one poller, in order) without starting another run for it.
@@ -297,5 +304,58 @@ stages:
     );
     let first = s.wait_final(&runs[0].id, Duration::from_secs(30)).await?;
     assert_eq!(first.state, RunState::Succeeded as i32);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_checks_out_its_pinned_revision_or_fails_with_the_reason() -> anyhow::Result<()> {
+    let s = Single::start(&["agent-1"], &[], &[]).await?;
+    let repo = GitRepo::init(&s.path("repo"))?;
+    let old = repo.commit("old")?;
+    repo.commit("new")?;
+    let yaml = format!(
+        "name: pinned\nrepository: \"{}\"\nstages:\n  - name: build\n    run: cat file.txt\n",
+        repo.path()
+    );
+    apply_pipeline(&mut s.client().await?, &yaml, s.tmp.path()).await?;
+
+    // `cdctl run start --revision` pins an older commit: the workspace holds that one.
+    let out = s
+        .cdctl()
+        .args(["run", "start", "pinned", "--revision", &old])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout)?.trim().to_string();
+    let run = s.wait_final(&id, Duration::from_secs(30)).await?;
+    assert_eq!(
+        run.state,
+        RunState::Succeeded as i32,
+        "{}",
+        describe(Some(&run))
+    );
+    let log = String::from_utf8(logs(&mut s.client().await?, &id, "build").await?)?;
+    assert!(log.ends_with(&format!("at {old}\nold\n")), "{log}");
+
+    // A revision the repository does not have fails the stage, saying why.
+    let missing = "0123456789012345678901234567890123456789";
+    let out = s
+        .cdctl()
+        .args(["run", "start", "pinned", "--revision", missing])
+        .output()?;
+    let id = String::from_utf8(out.stdout)?.trim().to_string();
+    let run = s.wait_final(&id, Duration::from_secs(30)).await?;
+    assert_eq!(run.state, RunState::Failed as i32);
+    let log = String::from_utf8(logs(&mut s.client().await?, &id, "build").await?)?;
+    assert!(
+        log.contains(&format!(
+            "checkout of {missing} from {} failed",
+            repo.path()
+        )),
+        "{log}"
+    );
     Ok(())
 }

@@ -236,6 +236,10 @@ pub fn assignment(st: &State, run_id: &str, stage_name: &str, n: u32) -> Option<
             .map(|s| s.path.clone())
             .unwrap_or_default(),
         environment: spec.environment.clone().unwrap_or_default(),
+        repository: pipeline_spec
+            .and_then(|p| p.checkout_repository())
+            .unwrap_or_default()
+            .to_string(),
         image: spec.image.clone().unwrap_or_default(),
         container: spec.image.as_ref().map(|_| {
             let c = &spec.container;
