@@ -220,7 +220,12 @@ pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
         .seconds(croner::parser::Seconds::Optional)
         .build()
         .parse(expr)
-        .map_err(|e| format!("invalid cron expression `{expr}`: {e}"))
+        .map_err(|e| {
+            format!(
+                "invalid cron expression `{expr}`: {e} (5 fields: minute hour day-of-month \
+                 month day-of-week, or 6 with seconds first; times in UTC)"
+            )
+        })
 }
 
 /// The latest time (ms, UTC) at or before `now_ms` the expression fires, if it is later than
