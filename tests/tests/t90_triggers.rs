@@ -262,6 +262,10 @@ stages:
     revisions.sort();
     assert_eq!(revisions, vec![sha, "bbbb"]);
     assert_eq!(pipeline_info(&s, "hooked").await?.webhook_refused, 3);
+    let out = s.cdctl().args(["pipeline", "status", "hooked"]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("webhook refused (this node): 3"), "{text}");
+    assert!(text.contains("last commit: bbbb (run hooked-2)"), "{text}");
     Ok(())
 }
 

@@ -39,6 +39,13 @@ pub fn pipeline(p: &Pipeline) -> Value {
         "file_name": p.file_name,
         "created_ms": p.created_ms,
         "stage_names": p.stage_names,
+        "triggers": p.triggers,
+        "webhook_refused": p.webhook_refused,
+        "last_commit": p.last_commit,
+        "last_commit_run": p.last_commit_run,
+        "last_fire_ms": p.last_fire_ms,
+        "concurrency": p.concurrency,
+        "on_new_run": p.on_new_run,
     })
 }
 
