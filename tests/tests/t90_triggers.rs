@@ -61,9 +61,18 @@ async fn leader_dies_at(point: &str) -> anyhow::Result<()> {
     let doomed = c.leader(Duration::from_secs(30)).await?;
     let spec = format!("{point}=return");
     c.spawn_with_env(doomed, &[("FAILPOINTS", spec.as_str())])?;
-    c.make_leader(doomed, Duration::from_secs(30)).await?;
-    let mut ctl = c.control(doomed).await?;
-    apply_pipeline(&mut ctl, &git_pipeline(&repo), c.tmp.path()).await?;
+    // Applied through the doomed node while it leads (retried if leadership moved).
+    let yaml = git_pipeline(&repo);
+    eventually(
+        &format!("the pipeline applied on node {doomed} as leader"),
+        Duration::from_secs(30),
+        || async {
+            c.make_leader(doomed, Duration::from_secs(10)).await.ok()?;
+            let mut ctl = c.control(doomed).await.ok()?;
+            apply_pipeline(&mut ctl, &yaml, c.tmp.path()).await.ok()
+        },
+    )
+    .await?;
 
     eventually(
         &format!("node {doomed} to die at {point}"),
@@ -84,9 +93,13 @@ async fn leader_dies_at(point: &str) -> anyhow::Result<()> {
     let run = run_at(&c, "app", &first).await?;
     assert_eq!(run.trigger, "git");
     assert_eq!(run.commit_at_ms, repo.commit_ms(&first)?);
-    let mut ctl = c.leader_control().await?;
     // The agent checked the pinned commit out into the workspace.
-    let log = String::from_utf8(logs(&mut ctl, &run.id, "build").await?)?;
+    let log = eventually("the build log", Duration::from_secs(30), || async {
+        let mut ctl = c.leader_control().await.ok()?;
+        logs(&mut ctl, &run.id, "build").await.ok()
+    })
+    .await?;
+    let log = String::from_utf8(log)?;
     assert!(
         log.ends_with(&format!(
             "checked out {} at {first}\nbuilding {first} from one\n",
@@ -99,7 +112,11 @@ async fn leader_dies_at(point: &str) -> anyhow::Result<()> {
     // first commit again (one poller, in order) without starting another run for it.
     let second = repo.commit("two")?;
     run_at(&c, "app", &second).await?;
-    let runs = list_runs(&mut ctl, "app").await?;
+    let runs = eventually("the runs of app", Duration::from_secs(30), || async {
+        let mut ctl = c.leader_control().await.ok()?;
+        list_runs(&mut ctl, "app").await.ok()
+    })
+    .await?;
     let mut revisions: Vec<&str> = runs.iter().map(|r| r.revision.as_str()).collect();
     revisions.sort();
     let mut expected = vec![first.as_str(), second.as_str()];
