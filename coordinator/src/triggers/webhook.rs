@@ -196,18 +196,27 @@ async fn handle(req: Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> {
     }
     if !ctx.node.is_leader() {
         let leader = ctx.node.status().borrow().leader_id;
-        let addr = ctx.node.member_address(leader).unwrap_or_default();
-        let mut r = error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not the leader; send webhooks to the leader ({addr})"),
-        );
-        if let Ok(v) = hyper::header::HeaderValue::from_str(&addr) {
-            r.headers_mut().insert("cd-leader", v);
-        }
-        return r;
+        return not_leader(&ctx.node.member_address(leader).unwrap_or_default());
     }
+    start_run(ctx, &pipeline, push).await
+}
+
+/// 503 naming the leader (also in a `cd-leader` header), as followers answer gRPC writes.
+fn not_leader(addr: &str) -> Response<Full<Bytes>> {
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("not the leader; send webhooks to the leader ({addr})"),
+    );
+    if let Ok(v) = hyper::header::HeaderValue::from_str(addr) {
+        r.headers_mut().insert("cd-leader", v);
+    }
+    r
+}
+
+/// Proposes the run for a verified push; answers with the run (or the earlier one).
+async fn start_run(ctx: &Ctx, pipeline: &str, push: Push) -> Response<Full<Bytes>> {
     let t = TriggerRun {
-        pipeline: pipeline.clone(),
+        pipeline: pipeline.to_string(),
         source: "webhook".into(),
         revision: push.commit.clone(),
         commit_at_ms: push.commit_at_ms,
@@ -223,10 +232,7 @@ async fn handle(req: Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> {
             serde_json::json!({ "run": run_id, "duplicate": true }),
         ),
         Ok(_) => reply(StatusCode::OK, serde_json::json!({})),
-        Err(ProposeError::NotLeader { leader_addr, .. }) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not the leader; send webhooks to the leader ({leader_addr})"),
-        ),
+        Err(ProposeError::NotLeader { leader_addr, .. }) => not_leader(&leader_addr),
         Err(ProposeError::Rejected(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
