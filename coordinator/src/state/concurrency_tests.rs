@@ -119,3 +119,40 @@ fn with_supersede_a_new_queued_run_replaces_the_older_queued_one() {
     assert_eq!(k.state.runs[&r1].state, RunState::Running);
     assert!(k.state.runs[&r3].queued);
 }
+
+#[test]
+fn a_snapshot_written_before_these_fields_existed_still_loads() {
+    let mut k = Kit::new(&deploy_spec(Some(1), OnNewRun::Supersede));
+    let run = k.start_run("web");
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&k.state.to_snapshot().expect("encodes")).expect("json");
+    let state = v["state"].as_object_mut().expect("state");
+    state.remove("triggers");
+    state.remove("env_locks");
+    for r in state["runs"].as_object_mut().expect("runs").values_mut() {
+        let r = r.as_object_mut().expect("run");
+        r.remove("queued");
+        r.remove("superseded_by");
+        for s in r["stages"].as_array_mut().expect("stages") {
+            s.as_object_mut().expect("stage").remove("waiting_for");
+        }
+    }
+    for p in state["pipelines"]
+        .as_object_mut()
+        .expect("pipelines")
+        .values_mut()
+    {
+        for ver in p["versions"].as_array_mut().expect("versions") {
+            let spec = ver["spec"].as_object_mut().expect("spec");
+            for f in ["repository", "trigger", "concurrency", "on_new_run"] {
+                spec.remove(f);
+            }
+        }
+    }
+    let old = State::from_snapshot(&serde_json::to_vec(&v).expect("encodes")).expect("loads");
+    assert_eq!(old.runs[&run].stages.len(), 3);
+    assert!(!old.runs[&run].queued);
+    assert!(old.env_locks.is_empty() && old.triggers.is_empty());
+    let spec = &old.pipelines["web"].versions[0].spec;
+    assert_eq!((spec.concurrency, spec.on_new_run), (None, OnNewRun::Queue));
+}
