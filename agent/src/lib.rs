@@ -14,6 +14,7 @@
 //!
 //! Entry point: [`run`] with an [`AgentConfig`] and a shutdown future.
 
+pub mod checkout;
 pub mod config;
 pub mod connection;
 pub mod executor;

@@ -188,6 +188,20 @@ async fn execute<A: AgentApi>(
         destroy(ctx, ws).await;
         return Some(cancelled_result(control, log, started).await);
     }
+    if !assignment.repository.is_empty() {
+        match crate::checkout::checkout(ws.path(), &assignment.repository, &assignment.revision)
+            .await
+        {
+            Ok(sha) => {
+                log.note(&format!("checked out {} at {sha}", assignment.repository))
+                    .await;
+            }
+            Err(e) => {
+                destroy(ctx, ws).await;
+                return Some(failure(log, started, e).await);
+            }
+        }
+    }
     spec.env.insert(
         "CD_WORKSPACE".into(),
         ws.path().to_string_lossy().into_owned(),

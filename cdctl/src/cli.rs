@@ -267,6 +267,13 @@ pub enum PipelineCommand {
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         version: Option<u32>,
     },
+    /// Show how a pipeline's runs start and how many run at once: its triggers, the last
+    /// commit and schedule time that started a run, webhook deliveries refused (counted by the
+    /// answering node), concurrency and on_new_run.
+    Status {
+        /// Pipeline name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -62,6 +62,22 @@ pub fn server_tls(paths: &TlsPaths) -> Result<ServerTlsConfig, TlsError> {
         .client_ca_root(Certificate::from_pem(files.ca)))
 }
 
+/// A plain rustls server config presenting `cert`/`key` without asking for a client
+/// certificate: for the webhook listener, whose senders (GitHub, GitLab) have none and prove
+/// themselves with an HMAC instead.
+pub fn server_tls_without_client_auth(paths: &TlsPaths) -> Result<rustls::ServerConfig, TlsError> {
+    let files = load(paths)?;
+    let chain = certificates(CERT, &paths.cert, &files.cert)?;
+    let key = private_key(&paths.key, &files.key)?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(CERT, &paths.cert, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| invalid(KEY, &paths.key, e.to_string()))
+}
+
 /// Client side: trusts only `ca`, presents `cert`/`key`, and checks the server as `domain`.
 pub fn client_tls(paths: &TlsPaths, domain: &str) -> Result<ClientTlsConfig, TlsError> {
     let files = load(paths)?;

@@ -19,9 +19,11 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
     // The build stage with an image; `rest` starts at line 6.
     let with_image = |rest: &str| with_build(&format!("    image: alpine:3.20\n{rest}"));
     let long_image = format!("    image: {}/app\n", "a".repeat(252));
+    // Top-level fields from line 2 on, then the build stage.
+    let top = |rest: &str| format!("name: p\n{rest}stages:\n{BUILD}");
     vec![
         // --- unknown fields, at every level ---
-        ("unknown top field", "name: p\nstagez: []\n".into(), "p.yaml:2: stagez: unknown field `stagez`; allowed fields here: name, source, env, stages"),
+        ("unknown top field", "name: p\nstagez: []\n".into(), "p.yaml:2: stagez: unknown field `stagez`; allowed fields here: name, source, repository, trigger, concurrency, on_new_run, env, stages"),
         ("unknown stage field", with_build("  - name: t\n    rn: make test\n"), "p.yaml:6: stages[1].rn: unknown field `rn`; allowed fields here: name, run, needs, labels, image, image_pull, resources, network, user, docker, env, timeout, retries, environment, reports, gate, rollback, on_failure, artifacts, monitor"),
         ("unknown source field", "name: p\nsource: { dir: src }\nstages:\n  - { name: a, run: x }\n".into(), "p.yaml:2: source.dir: unknown field `dir`; allowed fields here: path"),
         ("unknown reports field", with_build("    reports: { html: r.html }\n"), "p.yaml:5: stages[0].reports.html: unknown field `html`; allowed fields here: junit, metrics"),
@@ -161,6 +163,27 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
         ("docker is a number", with_image("    docker: 1\n"), "p.yaml:6: stages[0].docker: expected `true` or `false`, found the number 1"),
         ("image_pull without image", with_build("    image_pull: always\n"), "p.yaml:5: stages[0].image_pull: `image_pull` applies only to stages with an `image` (without one the stage runs as a host process)"),
         ("resources without image", with_build("  - name: t\n    run: x\n    resources:\n      cpus: 2\n"), "p.yaml:7: stages[1].resources: `resources` applies only to stages with an `image` (without one the stage runs as a host process)"),
+        // --- triggers, repository, concurrency ---
+        ("unknown trigger", top("trigger: { cron: x }\n"), "p.yaml:2: trigger.cron: unknown field `cron`; allowed fields here: git, webhook, schedule"),
+        ("unknown git trigger field", top("trigger:\n  git: { repository: /r, every: 1m }\n"), "p.yaml:3: trigger.git.every: unknown field `every`; allowed fields here: repository, branch, interval"),
+        ("git trigger without repository", top("trigger:\n  git: { branch: main }\n"), "p.yaml:3: trigger.git.repository: missing required field (or set the pipeline's `repository`)"),
+        ("git repository starting with a dash", top("trigger:\n  git: { repository: --upload-pack=evil }\n"), "p.yaml:3: trigger.git.repository: `--upload-pack=evil` must not start with `-`"),
+        ("repository with a space", top("repository: \"my repo\"\n"), "p.yaml:2: repository: `my repo` must not contain spaces or control characters"),
+        ("repository with source", top("repository: /r\nsource: { path: . }\n"), "p.yaml:3: source: `source` and `repository` cannot both be set: the workspace is either a copy of a directory or a checkout of the repository"),
+        ("git branch with dots", top("trigger:\n  git: { repository: /r, branch: a..b }\n"), "p.yaml:3: trigger.git.branch: `a..b` is not a valid branch name"),
+        ("git interval too short", top("trigger:\n  git: { repository: /r, interval: 10ms }\n"), "p.yaml:3: trigger.git.interval: must be at least 200ms, found 10ms"),
+        ("git interval is a number", top("trigger:\n  git: { repository: /r, interval: 30 }\n"), "p.yaml:3: trigger.git.interval: expected a duration such as `30s` or `5m`, found the number 30"),
+        ("webhook without secret", top("trigger:\n  webhook: { branch: main }\n"), "p.yaml:3: trigger.webhook: set `secret_env` or `secret_file` (the secret itself never goes in the pipeline file)"),
+        ("webhook with two secrets", top("trigger:\n  webhook: { secret_env: S, secret_file: /s }\n"), "p.yaml:3: trigger.webhook: set only one of `secret_env` and `secret_file`"),
+        ("webhook secret inline", top("trigger:\n  webhook: { secret: hunter2 }\n"), "p.yaml:3: trigger.webhook.secret: unknown field `secret`; allowed fields here: secret_env, secret_file, branch"),
+        ("webhook secret_env invalid", top("trigger:\n  webhook: { secret_env: 1X }\n"), "p.yaml:3: trigger.webhook.secret_env: `1X` is not a valid environment variable name (use letters, digits and `_`, not starting with a digit)"),
+        ("webhook secret_file relative", top("trigger:\n  webhook: { secret_file: s.txt }\n"), "p.yaml:3: trigger.webhook.secret_file: `s.txt` must be an absolute path on the coordinator"),
+        ("schedule without cron", top("trigger:\n  schedule: {}\n"), "p.yaml:3: trigger.schedule.cron: missing required field"),
+        ("schedule bad cron", top("trigger:\n  schedule: { cron: \"61 * * * *\" }\n"), "p.yaml:3: trigger.schedule.cron: invalid cron expression `61 * * * *`: Component error: Number out of bounds. (5 fields: minute hour day-of-month month day-of-week, or 6 with seconds first; times in UTC)"),
+        ("concurrency zero", top("concurrency: 0\n"), "p.yaml:2: concurrency: must be at least 1"),
+        ("concurrency too large", top("concurrency: 5000\n"), "p.yaml:2: concurrency: must be at most 1000, found 5000"),
+        ("concurrency is a string", top("concurrency: one\n"), "p.yaml:2: concurrency: expected a whole number, found the string `one`"),
+        ("on_new_run unknown", top("on_new_run: cancel\n"), "p.yaml:2: on_new_run: expected `queue` or `supersede`, found `cancel`"),
         ("network without image", with_build("    network: none\n"), "p.yaml:5: stages[0].network: `network` applies only to stages with an `image` (without one the stage runs as a host process)"),
         ("user without image", with_build("    user: \"1000:1000\"\n"), "p.yaml:5: stages[0].user: `user` applies only to stages with an `image` (without one the stage runs as a host process)"),
         ("docker without image", with_build("    docker: false\n"), "p.yaml:5: stages[0].docker: `docker` applies only to stages with an `image` (without one the stage runs as a host process)"),

@@ -129,6 +129,10 @@ fn design_example_parses_to_the_expected_spec() {
         source: None,
         env: BTreeMap::new(),
         stages: vec![build, test, staging, acceptance, production, monitor],
+        repository: None,
+        trigger: Default::default(),
+        concurrency: None,
+        on_new_run: Default::default(),
     };
     assert_eq!(spec, expected);
     assert_eq!(
@@ -475,5 +479,55 @@ fn monitor_stages_parse_with_their_defaults() {
                 expect_status: 204,
             },
         })
+    );
+}
+
+#[test]
+fn triggers_concurrency_and_repository_parse() {
+    let yaml = r#"
+name: app
+repository: https://git.example.com/acme/app.git
+trigger:
+  git: { branch: release, interval: 30s }
+  webhook: { secret_env: APP_HOOK_SECRET }
+  schedule: { cron: "0 3 * * *" }
+concurrency: 2
+on_new_run: supersede
+stages:
+  - { name: build, run: make }
+"#;
+    let mut spec = parse(yaml, "app.yaml").expect("valid");
+    let git = spec.trigger.git.clone().expect("git trigger");
+    assert_eq!(git.repository, "https://git.example.com/acme/app.git");
+    assert_eq!((git.branch.as_str(), git.interval_ms), ("release", 30_000));
+    assert_eq!(
+        spec.trigger
+            .webhook
+            .as_ref()
+            .and_then(|w| w.secret_env.as_deref()),
+        Some("APP_HOOK_SECRET")
+    );
+    assert_eq!(
+        spec.trigger.schedule.as_ref().map(|s| s.cron.as_str()),
+        Some("0 3 * * *")
+    );
+    assert_eq!(spec.concurrency, Some(2));
+    assert_eq!(spec.on_new_run, cd_common::spec::OnNewRun::Supersede);
+    // URLs stay as they are; a relative path resolves against the pipeline file's folder.
+    spec.resolve_source(std::path::Path::new("/pipelines"));
+    assert_eq!(
+        spec.checkout_repository(),
+        Some("https://git.example.com/acme/app.git")
+    );
+    let mut local = parse(
+        "name: app\ntrigger:\n  git: { repository: ../app }\nstages:\n  - { name: b, run: x }\n",
+        "app.yaml",
+    )
+    .expect("valid");
+    local.resolve_source(std::path::Path::new("/pipelines"));
+    assert_eq!(local.checkout_repository(), Some("/pipelines/../app"));
+    assert_eq!(
+        local.trigger.git.map(|g| g.branch),
+        Some("main".to_string())
     );
 }

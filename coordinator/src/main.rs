@@ -85,6 +85,10 @@ struct ServeArgs {
     /// The window the /metrics figures cover, ending at scrape time; 0s for all history.
     #[arg(long, default_value = "30d", value_parser = parse_duration)]
     metrics_window: std::time::Duration,
+    /// Serve `POST /hooks/<pipeline>` for pipelines with `trigger.webhook` on this address
+    /// (HTTPS with this node's certificate; no client certificate asked). Off by default.
+    #[arg(long)]
+    webhook_listen: Option<SocketAddr>,
     /// Accept the SetFaults RPC, which drops raft messages to chosen nodes. For tests only.
     #[arg(long, hide = true)]
     enable_fault_injection: bool,
@@ -177,6 +181,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    cfg.webhook_listen = args.webhook_listen;
     let shutdown = shutdown_on_signals();
     let coordinator = Coordinator::start(cfg, listener, shutdown.clone())?;
     if let Some(l) = metrics_listener {

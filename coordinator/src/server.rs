@@ -36,6 +36,8 @@ pub struct CoordinatorConfig {
     pub lease: Duration,
     pub snapshot_every: u64,
     pub limits: Limits,
+    /// Where to serve `POST /hooks/<pipeline>` (TLS, no client certificate); `None` = off.
+    pub webhook_listen: Option<std::net::SocketAddr>,
 }
 
 impl CoordinatorConfig {
@@ -52,6 +54,7 @@ impl CoordinatorConfig {
             lease: Duration::from_secs(10),
             snapshot_every: 10_000,
             limits: Limits::default(),
+            webhook_listen: None,
         }
     }
 }
@@ -139,10 +142,41 @@ impl Coordinator {
             )
             .instrument(info_span!("scheduler")),
         );
+        let trig = tokio::spawn(
+            crate::triggers::run(
+                node.clone(),
+                crate::triggers::TriggerConfig {
+                    cache_dir: cfg.data_dir.join("triggers"),
+                    tick: Duration::from_millis(100),
+                },
+                shutdown.clone(),
+            )
+            .instrument(info_span!("triggers")),
+        );
+        let webhook_stats = crate::triggers::webhook::WebhookStats::default();
+        if let Some(addr) = cfg.webhook_listen {
+            let tls = cd_common::tls::server_tls_without_client_auth(&cfg.tls)
+                .map_err(api::ServeError::from)?;
+            let std_listener = std::net::TcpListener::bind(addr)?;
+            std_listener.set_nonblocking(true)?;
+            let listener = TcpListener::from_std(std_listener)?;
+            info!(addr = %listener.local_addr()?, "webhooks served on https://<addr>/hooks/<pipeline>");
+            tokio::spawn(
+                crate::triggers::webhook::serve(
+                    listener,
+                    tls,
+                    node.clone(),
+                    webhook_stats.clone(),
+                    shutdown.clone(),
+                )
+                .instrument(info_span!("webhook")),
+            );
+        }
         let api_cfg = ApiConfig {
             lease: cfg.lease,
             limits: cfg.limits.clone(),
             faults,
+            webhook_stats,
         };
         let handle = node.clone();
         let task = tokio::spawn(async move {
@@ -159,6 +193,7 @@ impl Coordinator {
             // write its final snapshot.
             shutdown.cancel();
             let _ = sched.await;
+            let _ = trig.await;
             node_stop.cancel();
             let node_result = node_task
                 .await

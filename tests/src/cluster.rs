@@ -22,6 +22,8 @@ pub struct Node {
     pub tls: TlsPaths,
     pub proc: Option<Proc>,
     pub join: bool,
+    /// Extra environment for the process (e.g. FAILPOINTS), kept across restarts.
+    pub env: Vec<(String, String)>,
 }
 
 pub struct Cluster {
@@ -104,6 +106,7 @@ impl Cluster {
             tls: self.certs.tls(Role::Coordinator, &format!("node-{id}")),
             proc: None,
             join,
+            env: Vec::new(),
         });
         Ok(())
     }
@@ -156,7 +159,7 @@ impl Cluster {
         }
         args.extend(extra);
         let (proc, endpoint) =
-            crate::spawn_coordinator(&node.data_dir, &node.tls, &node.listen, &args, &[])
+            crate::spawn_coordinator(&node.data_dir, &node.tls, &node.listen, &args, &node.env)
                 .with_context(|| format!("starting node {id}"))?;
         anyhow::ensure!(
             endpoint == node.url,
@@ -165,6 +168,42 @@ impl Cluster {
         );
         node.proc = Some(proc);
         Ok(())
+    }
+
+    /// Restarts node `id` with extra environment variables (e.g. FAILPOINTS).
+    pub fn spawn_with_env(&mut self, id: u64, env: &[(&str, &str)]) -> Result<()> {
+        self.node_mut(id).env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.spawn(id)
+    }
+
+    /// Moves leadership to node `id` (asking whoever leads), and waits until it leads.
+    pub async fn make_leader(&self, id: u64, timeout: Duration) -> Result<()> {
+        eventually(&format!("node {id} to lead"), timeout, || async move {
+            let leader = self.leader(Duration::from_secs(10)).await.ok()?;
+            if leader == id {
+                return Some(());
+            }
+            let _ = self
+                .admin(leader)
+                .await
+                .ok()?
+                .transfer_leader(pb::TransferLeaderRequest { id })
+                .await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            None
+        })
+        .await
+    }
+
+    /// Whether node `id`'s process has exited (and reaps it).
+    pub fn exited(&mut self, id: u64) -> bool {
+        match self.node_mut(id).proc.as_mut() {
+            Some(p) => matches!(p.child.try_wait(), Ok(Some(_))),
+            None => true,
+        }
     }
 
     pub fn kill9(&mut self, id: u64) {

@@ -534,6 +534,21 @@ pub async fn start_run(
     Ok(r.id)
 }
 
+/// Every run of `pipeline` (first page of up to 1000).
+pub async fn list_runs(
+    c: &mut ControlServiceClient<Channel>,
+    pipeline: &str,
+) -> Result<Vec<pb::Run>> {
+    Ok(c.list_runs(pb::ListRunsRequest {
+        pipeline: pipeline.into(),
+        page_size: 1000,
+        page_token: String::new(),
+    })
+    .await?
+    .into_inner()
+    .runs)
+}
+
 /// A `cdctl` command pointed at `endpoint` with the operator's certificate.
 pub fn cdctl(endpoint: &str, tls: &TlsPaths) -> Command {
     let mut c = Command::new(bin("cdctl"));
@@ -669,4 +684,5 @@ impl Single {
 
 pub mod cluster;
 pub mod docker;
+pub mod gitrepo;
 pub mod netns;

@@ -12,6 +12,7 @@ pub async fn run(ctx: &Ctx, cmd: PipelineCommand) -> anyhow::Result<()> {
         PipelineCommand::Apply { file } => apply(ctx, &file).await,
         PipelineCommand::List => list(ctx).await,
         PipelineCommand::Show { name, version } => show(ctx, name, version.unwrap_or(0)).await,
+        PipelineCommand::Status { name } => status(ctx, name).await,
     }
 }
 
@@ -76,6 +77,20 @@ async fn show(ctx: &Ctx, name: String, version: u32) -> anyhow::Result<()> {
             }
             print(&text)
         }
+        Output::Json => super::print_json(&json::pipeline(&p)),
+    }
+}
+
+async fn status(ctx: &Ctx, name: String) -> anyhow::Result<()> {
+    let mut conn = ctx.conn().await?;
+    let req = GetPipelineRequest { name, version: 0 };
+    let p = conn
+        .read("pipeline status", async |mut c| {
+            c.get_pipeline(req.clone()).await
+        })
+        .await?;
+    match ctx.output {
+        Output::Table => print(&crate::render::table::pipeline_status(&p)),
         Output::Json => super::print_json(&json::pipeline(&p)),
     }
 }

@@ -39,6 +39,13 @@ pub fn pipeline(p: &Pipeline) -> Value {
         "file_name": p.file_name,
         "created_ms": p.created_ms,
         "stage_names": p.stage_names,
+        "triggers": p.triggers,
+        "webhook_refused": p.webhook_refused,
+        "last_commit": p.last_commit,
+        "last_commit_run": p.last_commit_run,
+        "last_fire_ms": p.last_fire_ms,
+        "concurrency": p.concurrency,
+        "on_new_run": p.on_new_run,
     })
 }
 
@@ -111,6 +118,7 @@ pub fn stage(s: &Stage) -> Value {
         "approvals": s.approvals.iter().map(approval).collect::<Vec<_>>(),
         "environment": s.environment,
         "needs": s.needs,
+        "waiting_for": s.waiting_for,
     })
 }
 
@@ -128,6 +136,8 @@ pub fn run(r: &Run) -> Value {
         "params": string_map(&r.params),
         "kind": r.kind,
         "reason": r.reason,
+        "queued": r.queued,
+        "superseded_by": r.superseded_by,
     })
 }
 
@@ -246,10 +256,12 @@ mod tests {
                 "params",
                 "pipeline",
                 "pipeline_version",
+                "queued",
                 "reason",
                 "revision",
                 "stages",
                 "state",
+                "superseded_by",
                 "trigger"
             ]
         );

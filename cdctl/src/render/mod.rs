@@ -27,6 +27,18 @@ pub fn stage_state_name(value: i32) -> &'static str {
 }
 
 /// A run state as a lowercase name without the prefix (`succeeded`).
+/// The state shown for a run: `queued` while it waits under its pipeline's `concurrency`,
+/// `superseded` when a newer run cancelled it.
+pub fn run_state_label(r: &cd_proto::v1::Run) -> &'static str {
+    if r.queued && r.state == RunState::Running as i32 {
+        "queued"
+    } else if !r.superseded_by.is_empty() {
+        "superseded"
+    } else {
+        run_state_name(r.state)
+    }
+}
+
 pub fn run_state_name(value: i32) -> &'static str {
     match RunState::try_from(value) {
         Ok(RunState::Unspecified) => "unspecified",

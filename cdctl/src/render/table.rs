@@ -92,6 +92,48 @@ pub fn applied(p: &Pipeline, changed: bool) -> String {
     format!("pipeline {} version {} ({what})\n", p.name, p.version)
 }
 
+/// `pipeline status`: one `key: value` line each.
+pub fn pipeline_status(p: &Pipeline) -> String {
+    let mut out = String::new();
+    let triggers = if p.triggers.is_empty() {
+        "- (cdctl run start only)".to_string()
+    } else {
+        p.triggers.join("; ")
+    };
+    let last_commit = if p.last_commit.is_empty() {
+        "-".to_string()
+    } else {
+        format!("{} (run {})", p.last_commit, p.last_commit_run)
+    };
+    let fields = [
+        ("pipeline", format!("{} v{}", p.name, p.version)),
+        ("triggers", triggers),
+        ("last commit", last_commit),
+        (
+            "last fire",
+            if p.last_fire_ms > 0 {
+                clock(p.last_fire_ms)
+            } else {
+                "-".to_string()
+            },
+        ),
+        ("webhook refused (this node)", p.webhook_refused.to_string()),
+        (
+            "concurrency",
+            if p.concurrency == 0 {
+                "unlimited".to_string()
+            } else {
+                p.concurrency.to_string()
+            },
+        ),
+        ("on_new_run", or_dash(&p.on_new_run)),
+    ];
+    for (key, value) in fields {
+        let _ = writeln!(out, "{key}: {value}");
+    }
+    out
+}
+
 pub fn pipelines(items: &[Pipeline], now: i64) -> String {
     let mut t = Table::new(&["NAME", "VERSION", "STAGES", "CREATED", "FILE"]);
     for p in items {
@@ -131,7 +173,7 @@ pub fn runs(items: &[Run], now: i64) -> String {
             r.pipeline_version.to_string(),
             or_dash(&r.revision),
             or_dash(&r.kind),
-            run_state_name(r.state).to_string(),
+            super::run_state_label(r).to_string(),
             when(r.created_ms, now),
             run_duration(r, now),
         ]);
@@ -178,7 +220,7 @@ pub fn run_detail(r: &Run, now: i64) -> String {
         ("revision", or_dash(&r.revision)),
         ("trigger", or_dash(&r.trigger)),
         ("kind", or_dash(&r.kind)),
-        ("state", run_state_name(r.state).to_string()),
+        ("state", super::run_state_label(r).to_string()),
         ("created", when(r.created_ms, now)),
         ("finished", when(r.finished_ms, now)),
         ("duration", run_duration(r, now)),
@@ -550,6 +592,8 @@ pub(crate) mod tests {
             kind: "release".into(),
             reason: String::new(),
             commit_at_ms: 0,
+            queued: false,
+            superseded_by: String::new(),
             stages: vec![
                 Stage {
                     name: "build".into(),

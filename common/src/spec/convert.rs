@@ -29,7 +29,7 @@ pub(crate) struct Fail {
 
 pub(crate) type R<T> = Result<T, Fail>;
 
-fn fail(node: &Node, field: &str, message: impl Into<String>) -> Fail {
+pub(crate) fn fail(node: &Node, field: &str, message: impl Into<String>) -> Fail {
     Fail {
         node: node.id,
         field: if field.is_empty() {
@@ -65,7 +65,16 @@ pub(crate) struct Converted {
     pub raw_env: Vec<(Option<usize>, String, usize)>,
 }
 
-const TOP_FIELDS: &[&str] = &["name", "source", "env", "stages"];
+const TOP_FIELDS: &[&str] = &[
+    "name",
+    "source",
+    "repository",
+    "trigger",
+    "concurrency",
+    "on_new_run",
+    "env",
+    "stages",
+];
 const SOURCE_FIELDS: &[&str] = &["path"];
 const STAGE_FIELDS: &[&str] = &[
     "name",
@@ -108,7 +117,7 @@ const GATE_FIELDS: &[&str] = &["tests", "metrics", "approvals"];
 const TESTS_FIELDS: &[&str] = &["from", "min_pass_rate"];
 const METRIC_FIELDS: &[&str] = &["name", "from", "min", "max", "max_regression"];
 
-fn join(path: &str, key: &str) -> String {
+pub(crate) fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()
     } else {
@@ -182,16 +191,16 @@ fn entries<'a>(node: &'a Node, path: &str) -> R<Vec<(&'a str, &'a Node, &'a Node
 const MERGE_KEY: &str = "<<";
 
 /// One field of a mapping: its key, value and path.
-struct Field<'a> {
-    key: &'a Node,
-    value: &'a Node,
-    path: String,
+pub(crate) struct Field<'a> {
+    pub key: &'a Node,
+    pub value: &'a Node,
+    pub path: String,
 }
 
 impl<'a> Field<'a> {
     /// The value's node, or the key's when the value is empty (an empty value has no line of
     /// its own).
-    fn at(&self) -> &'a Node {
+    pub(crate) fn at(&self) -> &'a Node {
         if self.value.kind == Kind::Null {
             self.key
         } else {
@@ -199,25 +208,25 @@ impl<'a> Field<'a> {
         }
     }
 
-    fn fail(&self, message: impl Into<String>) -> Fail {
+    pub(crate) fn fail(&self, message: impl Into<String>) -> Fail {
         fail(self.at(), &self.path, message)
     }
 
-    fn expected(&self, what: &str) -> Fail {
+    pub(crate) fn expected(&self, what: &str) -> Fail {
         self.fail(format!(
             "expected {what}, found {}",
             self.value.kind.describe_value()
         ))
     }
 
-    fn string(&self) -> R<&'a str> {
+    pub(crate) fn string(&self) -> R<&'a str> {
         match &self.value.kind {
             Kind::Str(s) => Ok(s),
             _ => Err(self.expected("a string")),
         }
     }
 
-    fn non_empty(&self) -> R<String> {
+    pub(crate) fn non_empty(&self) -> R<String> {
         let s = self.string()?;
         if s.trim().is_empty() {
             return Err(self.fail("must not be empty"));
@@ -225,7 +234,7 @@ impl<'a> Field<'a> {
         Ok(s.to_string())
     }
 
-    fn name(&self) -> R<String> {
+    pub(crate) fn name(&self) -> R<String> {
         let s = self.string()?;
         match name_problem(s) {
             Some(problem) => Err(self.fail(problem)),
@@ -233,7 +242,7 @@ impl<'a> Field<'a> {
         }
     }
 
-    fn path_value(&self, allow_absolute: bool) -> R<String> {
+    pub(crate) fn path_value(&self, allow_absolute: bool) -> R<String> {
         let s = self.string()?;
         match path_problem(s, allow_absolute) {
             Some(problem) => Err(self.fail(problem)),
@@ -241,7 +250,7 @@ impl<'a> Field<'a> {
         }
     }
 
-    fn boolean(&self) -> R<bool> {
+    pub(crate) fn boolean(&self) -> R<bool> {
         match &self.value.kind {
             Kind::Bool(b) => Ok(*b),
             _ => Err(self.expected("`true` or `false`")),
@@ -249,7 +258,7 @@ impl<'a> Field<'a> {
     }
 
     /// One of a fixed set of words, e.g. `network: host`.
-    fn choice<T: Copy>(&self, options: &[(&str, T)]) -> R<T> {
+    pub(crate) fn choice<T: Copy>(&self, options: &[(&str, T)]) -> R<T> {
         let found = match &self.value.kind {
             Kind::Str(s) => match options.iter().find(|(word, _)| word == s) {
                 Some((_, value)) => return Ok(*value),
@@ -266,7 +275,7 @@ impl<'a> Field<'a> {
         Err(self.fail(format!("expected {expected}, found {found}")))
     }
 
-    fn number(&self) -> R<f64> {
+    pub(crate) fn number(&self) -> R<f64> {
         let v = match &self.value.kind {
             Kind::Int(i) => *i as f64,
             Kind::Float(f) => *f,
@@ -278,7 +287,7 @@ impl<'a> Field<'a> {
         Ok(v)
     }
 
-    fn whole(&self, max: u32) -> R<u32> {
+    pub(crate) fn whole(&self, max: u32) -> R<u32> {
         let Kind::Int(i) = &self.value.kind else {
             return Err(self.expected("a whole number"));
         };
@@ -292,7 +301,10 @@ impl<'a> Field<'a> {
     }
 
     /// A list of strings with each item's node, checked by `check`.
-    fn strings(&self, check: impl Fn(&str) -> Option<String>) -> R<(Vec<String>, Vec<usize>)> {
+    pub(crate) fn strings(
+        &self,
+        check: impl Fn(&str) -> Option<String>,
+    ) -> R<(Vec<String>, Vec<usize>)> {
         let Kind::Seq(items) = &self.value.kind else {
             return Err(self.expected("a list"));
         };
@@ -322,14 +334,14 @@ impl<'a> Field<'a> {
 }
 
 /// The fields of a mapping, checked against the allowed names.
-struct Fields<'a> {
+pub(crate) struct Fields<'a> {
     node: &'a Node,
     path: String,
     entries: Vec<(&'a str, &'a Node, &'a Node)>,
 }
 
 impl<'a> Fields<'a> {
-    fn new(node: &'a Node, path: &str, allowed: &[&str]) -> R<Self> {
+    pub(crate) fn new(node: &'a Node, path: &str, allowed: &[&str]) -> R<Self> {
         let entries = entries(node, path)?;
         for (name, key, _) in &entries {
             if !allowed.contains(name) {
@@ -350,7 +362,7 @@ impl<'a> Fields<'a> {
         })
     }
 
-    fn get(&self, name: &str) -> Option<Field<'a>> {
+    pub(crate) fn get(&self, name: &str) -> Option<Field<'a>> {
         self.entries
             .iter()
             .find(|(n, _, _)| *n == name)
@@ -361,7 +373,7 @@ impl<'a> Fields<'a> {
             })
     }
 
-    fn require(&self, name: &str) -> R<Field<'a>> {
+    pub(crate) fn require(&self, name: &str) -> R<Field<'a>> {
         self.get(name)
             .ok_or_else(|| fail(self.node, &join(&self.path, name), "missing required field"))
     }
@@ -395,6 +407,31 @@ pub(crate) fn convert(root: &Node) -> R<Converted> {
         Some(field) => Some(source(&field)?),
         None => None,
     };
+    let repository = top
+        .get("repository")
+        .map(|f| super::triggers::repository(&f))
+        .transpose()?;
+    let trigger = match top.get("trigger") {
+        Some(field) => super::triggers::trigger(&field, repository.as_deref())?,
+        None => TriggerSpec::default(),
+    };
+    let concurrency = top
+        .get("concurrency")
+        .map(|f| super::triggers::concurrency(&f))
+        .transpose()?;
+    let on_new_run = match top.get("on_new_run") {
+        Some(f) => f.choice(&[
+            ("queue", OnNewRun::Queue),
+            ("supersede", OnNewRun::Supersede),
+        ])?,
+        None => OnNewRun::Queue,
+    };
+    if let (Some(_), Some(src)) = (&repository, top.get("source")) {
+        return Err(src.fail(
+            "`source` and `repository` cannot both be set: the workspace is either a copy of \
+             a directory or a checkout of the repository",
+        ));
+    }
     let mut raw_env = Vec::new();
     let env = match top.get("env") {
         Some(field) => env(&field, None, &mut raw_env)?,
@@ -420,6 +457,10 @@ pub(crate) fn convert(root: &Node) -> R<Converted> {
             source,
             env,
             stages,
+            repository,
+            trigger,
+            concurrency,
+            on_new_run,
         },
         stages: ids,
         raw_env,

@@ -29,6 +29,7 @@
 mod container;
 mod convert;
 mod node;
+mod triggers;
 mod types;
 mod validate;
 
@@ -36,6 +37,7 @@ pub use container::{
     MAX_CPUS, MAX_IMAGE_NAME_LEN, MAX_MEMORY_BYTES, MAX_USER_LEN, MIN_CPUS, MIN_MEMORY_BYTES,
 };
 pub use convert::{MAX_FAILURE_THRESHOLD, MAX_RETRIES, url_problem};
+pub use triggers::{MAX_CONCURRENCY, MIN_POLL_INTERVAL_MS, next_fire_ms, parse_cron};
 pub use types::*;
 
 /// Largest spec accepted, in bytes.
@@ -115,13 +117,26 @@ pub fn parse(yaml: &str, file_name: &str) -> Result<PipelineSpec, SpecError> {
 }
 
 impl PipelineSpec {
-    /// Makes a relative `source.path` absolute against `base_dir` (the pipeline file's folder).
+    /// Makes a relative `source.path` absolute against `base_dir` (the pipeline file's folder),
+    /// and so a relative repository path (`repository`, `trigger.git.repository`; anything
+    /// with a `:` is a URL and stays as it is).
     pub fn resolve_source(&mut self, base_dir: &std::path::Path) {
         if let Some(src) = &mut self.source {
             let p = std::path::Path::new(&src.path);
             if p.is_relative() {
                 src.path = base_dir.join(p).to_string_lossy().into_owned();
             }
+        }
+        let resolve = |repo: &mut String| {
+            if !repo.contains(':') && std::path::Path::new(repo.as_str()).is_relative() {
+                *repo = base_dir.join(&*repo).to_string_lossy().into_owned();
+            }
+        };
+        if let Some(r) = &mut self.repository {
+            resolve(r);
+        }
+        if let Some(g) = &mut self.trigger.git {
+            resolve(&mut g.repository);
         }
     }
 }

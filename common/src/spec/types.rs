@@ -18,6 +18,81 @@ pub struct PipelineSpec {
     /// In file order; `needs` are guaranteed to name earlier-or-later stages of this list and
     /// to form no cycle.
     pub stages: Vec<StageSpec>,
+    /// `repository:` a git URL or path the agent clones, checking out the run's revision into
+    /// each stage's workspace. `None` falls back to `trigger.git.repository`.
+    #[serde(default)]
+    pub repository: Option<String>,
+    /// What starts runs besides `cdctl run start`.
+    #[serde(default)]
+    pub trigger: TriggerSpec,
+    /// `concurrency:` most runs of this pipeline running at once; more wait, queued, and start
+    /// in order. `None` = no limit.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+    /// What a new run does to older runs of this pipeline still waiting (for a concurrency
+    /// slot or an environment lock).
+    #[serde(default)]
+    pub on_new_run: OnNewRun,
+}
+
+/// `trigger:` the automatic ways a run starts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TriggerSpec {
+    pub git: Option<GitTrigger>,
+    pub webhook: Option<WebhookTrigger>,
+    pub schedule: Option<ScheduleTrigger>,
+}
+
+impl TriggerSpec {
+    pub fn is_empty(&self) -> bool {
+        self.git.is_none() && self.webhook.is_none() && self.schedule.is_none()
+    }
+}
+
+/// `trigger.git`: the leader polls a branch and starts one run per new head commit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GitTrigger {
+    /// URL or path `git fetch` understands (on the coordinator).
+    pub repository: String,
+    pub branch: String,
+    pub interval_ms: u64,
+}
+
+/// `trigger.webhook`: `POST /hooks/<pipeline>` on the coordinator's webhook listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookTrigger {
+    /// Name of the coordinator's environment variable holding the HMAC secret.
+    pub secret_env: Option<String>,
+    /// A file on the coordinator holding the secret (trailing newline ignored).
+    pub secret_file: Option<String>,
+    /// Only pushes to this branch start runs; `None` = the git trigger's branch, else any.
+    pub branch: Option<String>,
+}
+
+/// `trigger.schedule`: a cron expression (5 fields, or 6 with seconds first), in UTC.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleTrigger {
+    pub cron: String,
+}
+
+/// `on_new_run:`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNewRun {
+    /// Older waiting runs keep their place; runs go one after the other (the default).
+    #[default]
+    Queue,
+    /// A new run cancels older runs of the pipeline still waiting, as "superseded by <run>".
+    Supersede,
+}
+
+impl OnNewRun {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queue => "queue",
+            Self::Supersede => "supersede",
+        }
+    }
 }
 
 /// Files copied into each attempt's workspace before the stage runs.
@@ -214,5 +289,12 @@ pub struct MetricGate {
 impl PipelineSpec {
     pub fn stage(&self, name: &str) -> Option<&StageSpec> {
         self.stages.iter().find(|s| s.name == name)
+    }
+
+    /// The repository agents check out: `repository:`, else the git trigger's.
+    pub fn checkout_repository(&self) -> Option<&str> {
+        self.repository
+            .as_deref()
+            .or(self.trigger.git.as_ref().map(|g| g.repository.as_str()))
     }
 }

@@ -55,6 +55,12 @@ impl ControlApi {
             .ok_or_else(|| Status::not_found(format!("run {id:?} does not exist")))
     }
 
+    /// Adds what this node counts by itself (refused webhook deliveries).
+    fn with_node_counts(&self, mut p: pb::Pipeline) -> pb::Pipeline {
+        p.webhook_refused = self.cfg.webhook_stats.refused(&p.name);
+        p
+    }
+
     async fn propose_then_run(
         &self,
         kind: Kind,
@@ -113,7 +119,7 @@ impl ControlService for ControlApi {
         let pipeline = self.node.read(|st| {
             st.pipelines
                 .get(&name)
-                .and_then(|p| p.latest().map(|v| convert::pipeline(p, v)))
+                .and_then(|p| p.latest().map(|v| convert::pipeline(st, p, v)))
         });
         Ok(Response::new(pb::ApplyPipelineResponse {
             pipeline,
@@ -129,7 +135,8 @@ impl ControlService for ControlApi {
         let pipelines = self.node.read(|st| {
             st.pipelines
                 .values()
-                .filter_map(|p| p.latest().map(|v| convert::pipeline(p, v)))
+                .filter_map(|p| p.latest().map(|v| convert::pipeline(st, p, v)))
+                .map(|p| self.with_node_counts(p))
                 .collect()
         });
         Ok(Response::new(pb::ListPipelinesResponse { pipelines }))
@@ -149,9 +156,9 @@ impl ControlService for ControlApi {
                 } else {
                     p.version(r.version)
                 }?;
-                Some(convert::pipeline(p, v))
+                Some(convert::pipeline(st, p, v))
             })
-            .map(Response::new)
+            .map(|p| Response::new(self.with_node_counts(p)))
             .ok_or_else(|| match r.version {
                 0 => Status::not_found(format!("pipeline {:?} does not exist", r.name)),
                 v => Status::not_found(format!("pipeline {:?} has no version {v}", r.name)),

@@ -120,6 +120,7 @@ fn stage(st: &State, run: &state::Run, s: &Stage) -> pb::Stage {
             .and_then(|sp| sp.environment.clone())
             .unwrap_or_default(),
         needs: spec.map(|sp| sp.needs.clone()).unwrap_or_default(),
+        waiting_for: s.waiting_for.clone(),
     }
 }
 
@@ -142,6 +143,8 @@ pub fn run(st: &State, r: &state::Run) -> pb::Run {
         kind: kind(r.kind),
         reason: r.reason.clone(),
         commit_at_ms: r.commit_at_ms,
+        queued: r.queued,
+        superseded_by: r.superseded_by.clone(),
     }
 }
 
@@ -162,7 +165,25 @@ pub fn deployment(d: &Deployment) -> pb::Deployment {
     }
 }
 
-pub fn pipeline(p: &state::Pipeline, v: &state::PipelineVersion) -> pb::Pipeline {
+pub fn pipeline(st: &State, p: &state::Pipeline, v: &state::PipelineVersion) -> pb::Pipeline {
+    let t = &v.spec.trigger;
+    let mut triggers = Vec::new();
+    if let Some(g) = &t.git {
+        triggers.push(format!(
+            "git {} {} every {}",
+            g.repository,
+            g.branch,
+            cd_common::duration::format_ms(g.interval_ms)
+        ));
+    }
+    if t.webhook.is_some() {
+        triggers.push("webhook".to_string());
+    }
+    if let Some(s) = &t.schedule {
+        triggers.push(format!("schedule {}", s.cron));
+    }
+    let seen = st.triggers.get(&p.name);
+    let last = seen.and_then(|s| s.commits.last());
     pb::Pipeline {
         name: p.name.clone(),
         version: v.version,
@@ -170,6 +191,13 @@ pub fn pipeline(p: &state::Pipeline, v: &state::PipelineVersion) -> pb::Pipeline
         file_name: v.file_name.clone(),
         created_ms: v.created_ms,
         stage_names: v.spec.stages.iter().map(|s| s.name.clone()).collect(),
+        triggers,
+        webhook_refused: 0,
+        last_commit: last.map(|(c, _)| c.clone()).unwrap_or_default(),
+        last_commit_run: last.map(|(_, r)| r.clone()).unwrap_or_default(),
+        last_fire_ms: seen.map_or(0, |s| s.last_fire_ms),
+        concurrency: v.spec.concurrency.unwrap_or(0),
+        on_new_run: v.spec.on_new_run.as_str().to_string(),
     }
 }
 
@@ -222,6 +250,10 @@ pub fn assignment(st: &State, run_id: &str, stage_name: &str, n: u32) -> Option<
             .map(|s| s.path.clone())
             .unwrap_or_default(),
         environment: spec.environment.clone().unwrap_or_default(),
+        repository: pipeline_spec
+            .and_then(|p| p.checkout_repository())
+            .unwrap_or_default()
+            .to_string(),
         image: spec.image.clone().unwrap_or_default(),
         container: spec.image.as_ref().map(|_| {
             let c = &spec.container;

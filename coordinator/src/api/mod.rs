@@ -65,6 +65,8 @@ pub struct ApiConfig {
     pub limits: Limits,
     /// Set when the node runs with `--enable-fault-injection` (tests only).
     pub faults: Option<Faults>,
+    /// Webhook deliveries this node refused, shown with pipelines.
+    pub webhook_stats: crate::triggers::webhook::WebhookStats,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -19,6 +19,10 @@ fn state_with(
         source: None,
         env: Default::default(),
         stages: vec![],
+        repository: None,
+        trigger: Default::default(),
+        concurrency: None,
+        on_new_run: Default::default(),
     };
     for name in ["a", "b"] {
         spec.stages.push(cd_common::spec::StageSpec {

@@ -18,7 +18,7 @@ pub struct Command {
     pub at_ms: i64,
     #[prost(
         oneof = "Kind",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 30, 31"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 30, 31"
     )]
     pub kind: Option<Kind>,
 }
@@ -57,6 +57,8 @@ pub enum Kind {
     OpenIncident(OpenIncident),
     #[prost(message, tag = "31")]
     ResolveIncident(ResolveIncident),
+    #[prost(message, tag = "24")]
+    TriggerRun(TriggerRun),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -286,6 +288,28 @@ pub struct ResolveIncident {
     pub identity: String,
     #[prost(string, tag = "3")]
     pub note: String,
+}
+
+/// A run started by a trigger. Apply records what fired (the commit, or the schedule's fire
+/// time) and starts the run in the same step, and does nothing when that was already
+/// recorded: a new leader that polls again proposes the same command harmlessly, so each
+/// commit (and each fire time) starts exactly one run.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TriggerRun {
+    #[prost(string, tag = "1")]
+    pub pipeline: String,
+    /// `git`, `webhook` or `schedule`.
+    #[prost(string, tag = "2")]
+    pub source: String,
+    /// The commit (git, webhook) the run is pinned to; for a schedule, what it runs (a branch).
+    #[prost(string, tag = "3")]
+    pub revision: String,
+    /// Commit time of the revision (ms since the epoch; 0 = unknown).
+    #[prost(int64, tag = "4")]
+    pub commit_at_ms: i64,
+    /// The schedule's fire time (ms since the epoch); 0 for commit triggers.
+    #[prost(int64, tag = "5")]
+    pub fire_ms: i64,
 }
 
 /// Proposed by a new leader so it can commit an entry of its term; changes nothing.

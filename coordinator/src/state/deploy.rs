@@ -335,6 +335,8 @@ pub(super) fn start_rollback(
         finished_ms: 0,
         reason: String::new(),
         commit_at_ms: 0,
+        queued: false,
+        superseded_by: String::new(),
     };
     runs::insert_run(state, run, at, events);
     Ok(id)

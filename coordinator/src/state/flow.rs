@@ -29,37 +29,56 @@ pub(super) fn stage_spec<'a>(
 }
 
 /// Moves pending stages forward as far as recorded facts allow, then finishes the run if every
-/// stage is final. Emits `RunChanged` once.
+/// stage is final. Emits `RunChanged` once. Then settles what the run's progress means for
+/// other runs: deploy locks it releases, runs it supersedes, queued runs it admits
+/// (`concurrency`).
 pub(super) fn advance(state: &mut State, run_id: &str, at: i64, events: &mut Vec<Event>) {
-    let State {
-        pipelines,
-        runs,
-        deployments,
-        active,
-        ..
-    } = state;
-    let Some(run) = runs.get_mut(run_id) else {
-        return;
-    };
-    if run.state == RunState::Running {
-        while advance_once(pipelines, deployments, run, at, events) {}
-        if run.stages.iter().all(|s| s.state.is_final()) {
+    let mut newly_waiting = Vec::new();
+    let ended = {
+        let State {
+            pipelines,
+            runs,
+            deployments,
+            active,
+            env_locks,
+            ..
+        } = &mut *state;
+        let Some(run) = runs.get_mut(run_id) else {
+            return;
+        };
+        let was_running = run.state == RunState::Running;
+        if run.state == RunState::Running && !run.queued {
+            while advance_once(
+                pipelines,
+                deployments,
+                env_locks,
+                run,
+                at,
+                events,
+                &mut newly_waiting,
+            ) {}
+        }
+        if run.state == RunState::Running && run.stages.iter().all(|s| s.state.is_final()) {
             finish(run, at);
             active.remove(run_id);
         }
-    }
-    events.push(Event::RunChanged {
-        run_id: run_id.to_string(),
-    });
+        events.push(Event::RunChanged {
+            run_id: run_id.to_string(),
+        });
+        was_running && run.state != RunState::Running
+    };
+    super::concurrency::settle(state, run_id, ended, &newly_waiting, at, events);
 }
 
 /// One pass over the pending stages; true if any changed.
 fn advance_once(
     pipelines: &BTreeMap<String, Pipeline>,
     deployments: &[Deployment],
+    env_locks: &mut BTreeMap<String, String>,
     run: &mut Run,
     at: i64,
     events: &mut Vec<Event>,
+    newly_waiting: &mut Vec<String>,
 ) -> bool {
     let mut changed = false;
     for i in 0..run.stages.len() {
@@ -84,6 +103,26 @@ fn advance_once(
             stage.reason = format!("skipped: needs {why}");
             changed = true;
         } else if ready {
+            // A deploying stage first takes its environment's lock: two runs never deploy
+            // to the same environment at once.
+            if let Some(env) = &spec.environment {
+                match env_locks.get(env) {
+                    Some(holder) if *holder != run.id => {
+                        let stage = &mut run.stages[i];
+                        if stage.waiting_for != *env {
+                            stage.waiting_for = env.clone();
+                            stage.reason =
+                                format!("waiting for environment {env} (deploying: {holder})");
+                            newly_waiting.push(env.clone());
+                        }
+                        continue;
+                    }
+                    _ => {
+                        env_locks.insert(env.clone(), run.id.clone());
+                        run.stages[i].waiting_for.clear();
+                    }
+                }
+            }
             let decision = spec
                 .gate
                 .as_ref()

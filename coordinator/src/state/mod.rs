@@ -4,6 +4,7 @@
 
 mod attempts;
 pub mod command;
+mod concurrency;
 mod deploy;
 mod flow;
 mod incidents;
@@ -11,13 +12,18 @@ pub mod metrics;
 pub mod model;
 mod pipelines;
 mod runs;
+mod triggers;
 
+#[cfg(test)]
+mod concurrency_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
 pub(crate) mod testkit;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trigger_tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -48,6 +54,12 @@ pub struct State {
     /// Every incident ever recorded; `id` is position + 1.
     #[serde(default)]
     pub incidents: Vec<Incident>,
+    /// Per pipeline: what its triggers already fired for (exactly one run per commit).
+    #[serde(default)]
+    pub triggers: BTreeMap<String, TriggerState>,
+    /// Environment -> the run deploying to it now (the deploy lock).
+    #[serde(default)]
+    pub env_locks: BTreeMap<String, String>,
 }
 
 /// What apply tells the world besides its answer: the store writes `LogAppended` durably; the
@@ -106,6 +118,10 @@ pub enum Outcome {
     LogAcks(Vec<LogAck>),
     /// The id of the incident the command opened or resolved.
     Incident(u64),
+    /// A trigger for something that already started a run (that run's id).
+    AlreadyTriggered {
+        run_id: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -156,6 +172,7 @@ pub fn apply(state: &mut State, cmd: &Command, index: u64) -> Applied {
             Kind::Noop(_) => Ok(Outcome::Done),
             Kind::OpenIncident(c) => incidents::open_by_hand(state, c, at),
             Kind::ResolveIncident(c) => incidents::resolve_by_hand(state, c, at),
+            Kind::TriggerRun(c) => triggers::trigger_run(state, c, at, &mut events),
         },
     };
     Applied { result, events }

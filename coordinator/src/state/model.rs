@@ -154,6 +154,9 @@ pub struct Stage {
     pub failures: u32,
     /// When the stage last became queued: the scheduler serves oldest first.
     pub queued_ms: i64,
+    /// The environment whose deploy lock this pending stage waits for ("" = none).
+    #[serde(default)]
+    pub waiting_for: String,
 }
 
 impl Stage {
@@ -167,6 +170,7 @@ impl Stage {
             approvals: Vec::new(),
             failures: 0,
             queued_ms: 0,
+            waiting_for: String::new(),
         }
     }
 
@@ -229,6 +233,12 @@ pub struct Run {
     /// When the revision was committed (0 = unknown); DORA lead time counts from here.
     #[serde(default)]
     pub commit_at_ms: i64,
+    /// Waiting for a slot under the pipeline's `concurrency`: no stage moves until admitted.
+    #[serde(default)]
+    pub queued: bool,
+    /// The newer run that cancelled this one (`on_new_run: supersede`).
+    #[serde(default)]
+    pub superseded_by: String,
 }
 
 impl Run {
@@ -340,5 +350,24 @@ pub struct Incident {
 impl Incident {
     pub fn is_open(&self) -> bool {
         self.resolution.is_none()
+    }
+}
+
+/// What a pipeline's triggers have fired for.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TriggerState {
+    /// (commit, run it started), oldest first, at most `RECENT_COMMITS`.
+    #[serde(default)]
+    pub commits: Vec<(String, String)>,
+    /// The schedule's latest fire time that started a run (ms), and that run.
+    #[serde(default)]
+    pub last_fire_ms: i64,
+    #[serde(default)]
+    pub last_fire_run: String,
+}
+
+impl TriggerState {
+    pub fn has_commit(&self, sha: &str) -> bool {
+        self.commits.iter().any(|(c, _)| c == sha)
     }
 }

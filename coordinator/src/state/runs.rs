@@ -53,17 +53,30 @@ pub(super) fn start_run(
         stages,
         reason: String::new(),
         commit_at_ms: c.commit_at_ms,
+        queued: false,
+        superseded_by: String::new(),
     };
     insert_run(state, run, at, events);
     Ok(Outcome::Run(id))
 }
 
 /// Adds a new running run and moves its first stages forward.
-pub(super) fn insert_run(state: &mut State, run: Run, at: i64, events: &mut Vec<Event>) {
+/// A release run beyond its pipeline's `concurrency` waits, queued (see `concurrency`).
+pub(super) fn insert_run(state: &mut State, mut run: Run, at: i64, events: &mut Vec<Event>) {
     let id = run.id.clone();
+    if run.kind == RunKind::Release
+        && let Some(why) = super::concurrency::must_queue(state, &run.pipeline)
+    {
+        run.queued = true;
+        run.reason = why;
+    }
+    let queued = run.queued;
     state.next_run_seq += 1;
     state.active.insert(id.clone());
     state.runs.insert(id.clone(), run);
+    if queued {
+        super::concurrency::supersede_queued(state, &id, at, events);
+    }
     flow::advance(state, &id, at, events);
 }
 
@@ -73,21 +86,33 @@ pub(super) fn cancel_run(
     at: i64,
     events: &mut Vec<Event>,
 ) -> Result<Outcome, StateError> {
+    let reason = if c.reason.is_empty() {
+        "cancelled by operator".to_string()
+    } else {
+        format!("cancelled: {}", c.reason)
+    };
+    cancel(state, &c.run_id, reason, at, events)
+}
+
+/// Cancels a running run: live attempts are told to stop, every unfinished stage is
+/// cancelled with `reason`.
+pub(super) fn cancel(
+    state: &mut State,
+    run_id: &str,
+    reason: String,
+    at: i64,
+    events: &mut Vec<Event>,
+) -> Result<Outcome, StateError> {
     let run = state
         .runs
-        .get_mut(&c.run_id)
-        .ok_or_else(|| StateError::NotFound(format!("run {:?} does not exist", c.run_id)))?;
+        .get_mut(run_id)
+        .ok_or_else(|| StateError::NotFound(format!("run {run_id:?} does not exist")))?;
     if run.state != RunState::Running {
         return Err(StateError::FailedPrecondition(format!(
             "run {} already ended ({:?})",
             run.id, run.state
         )));
     }
-    let reason = if c.reason.is_empty() {
-        "cancelled by operator".to_string()
-    } else {
-        format!("cancelled: {}", c.reason)
-    };
     for stage in run.stages.iter_mut().filter(|s| !s.state.is_final()) {
         if stage.state.is_live()
             && let Some(a) = stage.attempts.last_mut()
@@ -107,7 +132,8 @@ pub(super) fn cancel_run(
         stage.reason = reason.clone();
     }
     run.reason = reason;
-    flow::advance(state, &c.run_id, at, events);
+    run.queued = false;
+    flow::advance(state, run_id, at, events);
     Ok(Outcome::Done)
 }
 

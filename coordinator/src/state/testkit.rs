@@ -53,6 +53,10 @@ pub fn ml_pipeline(approvals: u32) -> PipelineSpec {
         source: None,
         env: BTreeMap::new(),
         stages: vec![stage("build", &[]), acceptance, deploy, monitor],
+        repository: None,
+        trigger: Default::default(),
+        concurrency: None,
+        on_new_run: Default::default(),
     }
 }
 
@@ -79,6 +83,10 @@ pub fn monitored_pipeline() -> PipelineSpec {
         source: None,
         env: BTreeMap::new(),
         stages: vec![stage("build", &[]), deploy, monitor],
+        repository: None,
+        trigger: Default::default(),
+        concurrency: None,
+        on_new_run: Default::default(),
     }
 }
 
