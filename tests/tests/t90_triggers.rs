@@ -122,6 +122,42 @@ async fn leader_dies_at(point: &str) -> anyhow::Result<()> {
     let mut expected = vec![first.as_str(), second.as_str()];
     expected.sort();
     assert_eq!(revisions, expected, "one run per commit, no more");
+
+    // Three commits that land at once (a fast-forward of main) get three runs, in order.
+    repo.git(&["checkout", "--quiet", "-b", "feature"])?;
+    let batch = [
+        repo.commit("three")?,
+        repo.commit("four")?,
+        repo.commit("five")?,
+    ];
+    repo.git(&["checkout", "--quiet", "main"])?;
+    repo.git(&["merge", "--quiet", "--ff-only", "feature"])?;
+    for sha in &batch {
+        run_at(&c, "app", sha).await?;
+    }
+    let runs = eventually("the runs of app", Duration::from_secs(30), || async {
+        let mut ctl = c.leader_control().await.ok()?;
+        list_runs(&mut ctl, "app").await.ok()
+    })
+    .await?;
+    assert_eq!(runs.len(), 5, "one run per commit: {runs:?}");
+    let mut by_start: Vec<&pb::Run> = runs
+        .iter()
+        .filter(|r| batch.contains(&r.revision))
+        .collect();
+    // Run ids number a pipeline's runs in start order (`app-3`, `app-4`, ...).
+    by_start.sort_by_key(|r| {
+        r.id.rsplit('-')
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(u64::MAX)
+    });
+    let order: Vec<&str> = by_start.iter().map(|r| r.revision.as_str()).collect();
+    assert_eq!(
+        order,
+        batch.iter().map(String::as_str).collect::<Vec<_>>(),
+        "oldest first"
+    );
     Ok(())
 }
 

@@ -54,8 +54,14 @@ async fn git(dir: Option<&Path>, args: &[&str], what: &str) -> Result<String, Gi
 }
 
 /// Fetches `branch` of `repository` into the bare cache at `cache` (created on first use) and
-/// returns its head commit and commit time.
-pub async fn head(cache: &Path, repository: &str, branch: &str) -> Result<Head, GitError> {
+/// returns its newest `n` commits along the first-parent line, newest first, with their
+/// commit times.
+pub async fn recent(
+    cache: &Path,
+    repository: &str,
+    branch: &str,
+    n: usize,
+) -> Result<Vec<Head>, GitError> {
     if !cache.join("HEAD").exists() {
         if let Some(parent) = cache.parent() {
             tokio::fs::create_dir_all(parent).await?;
@@ -71,13 +77,21 @@ pub async fn head(cache: &Path, repository: &str, branch: &str) -> Result<Head, 
         "fetch",
     )
     .await?;
-    let line = git(
+    let count = format!("-{}", n.max(1));
+    let out = git(
         Some(cache),
-        &["log", "-1", "--format=%H %ct", "refs/heads/polled", "--"],
+        &[
+            "log",
+            &count,
+            "--first-parent",
+            "--format=%H %ct",
+            "refs/heads/polled",
+            "--",
+        ],
         "log",
     )
     .await?;
-    parse_head(&line)
+    out.lines().map(parse_head).collect()
 }
 
 fn parse_head(line: &str) -> Result<Head, GitError> {

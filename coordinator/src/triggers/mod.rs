@@ -142,36 +142,55 @@ fn cache_name(pipeline: &str) -> String {
     format!("{pipeline}.git")
 }
 
+/// Commits one poll may start runs for; older new ones are skipped (with a warning).
+const MAX_NEW_COMMITS: usize = 20;
+
 async fn poll_git(node: &RaftHandle, pipeline: &str, g: &GitTrigger, cache: &std::path::Path) {
-    let head = match git::head(cache, &g.repository, &g.branch).await {
+    let recent = match git::recent(cache, &g.repository, &g.branch, MAX_NEW_COMMITS).await {
         Ok(h) => h,
         Err(e) => {
             warn!(pipeline, repository = %g.repository, branch = %g.branch, error = %e, "git poll failed");
             return;
         }
     };
-    let seen = node.read(|st| {
-        st.triggers
-            .get(pipeline)
-            .is_some_and(|t| t.has_commit(&head.sha))
+    // Every commit after the newest one already built gets its own run, oldest first; the
+    // first poll of a pipeline builds only the head (not the branch's whole history).
+    let (mut new, built_before) = node.read(|st| {
+        let seen = st.triggers.get(pipeline);
+        let new: Vec<git::Head> = recent
+            .iter()
+            .take_while(|h| !seen.is_some_and(|t| t.has_commit(&h.sha)))
+            .cloned()
+            .collect();
+        (new, seen.is_some_and(|t| !t.commits.is_empty()))
     });
-    if seen {
+    if new.is_empty() {
         return;
     }
-    // Tests kill the leader here: the commit is seen but no run is proposed yet.
+    if !built_before {
+        new.truncate(1);
+    } else if new.len() == recent.len() && new.len() == MAX_NEW_COMMITS {
+        warn!(
+            pipeline,
+            "more than {MAX_NEW_COMMITS} new commits since the last poll; building the newest {MAX_NEW_COMMITS}"
+        );
+    }
+    // Tests kill the leader here: the commits are seen but no run is proposed yet.
     fail::fail_point!("trigger-after-poll", |_| crash("trigger-after-poll"));
-    info!(pipeline, commit = %head.sha, "new commit: starting a run");
-    propose(
-        node,
-        TriggerRun {
-            pipeline: pipeline.to_string(),
-            source: "git".into(),
-            revision: head.sha,
-            commit_at_ms: head.commit_at_ms,
-            fire_ms: 0,
-        },
-    )
-    .await;
+    for head in new.into_iter().rev() {
+        info!(pipeline, commit = %head.sha, "new commit: starting a run");
+        propose(
+            node,
+            TriggerRun {
+                pipeline: pipeline.to_string(),
+                source: "git".into(),
+                revision: head.sha,
+                commit_at_ms: head.commit_at_ms,
+                fire_ms: 0,
+            },
+        )
+        .await;
+    }
     // Tests kill the leader here: the run is started, but a new leader will see the commit
     // again and must not start a second one.
     fail::fail_point!("trigger-after-propose", |_| crash("trigger-after-propose"));
