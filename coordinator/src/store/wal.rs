@@ -242,8 +242,15 @@ impl Inner {
         Ok(())
     }
 
-    /// Starts a new segment beginning with the current HardState, durably.
+    /// Starts a new segment beginning with the current HardState, durably. The old one is
+    /// synced first: records written without a sync (commit-only HardStates) must not be torn
+    /// once they are no longer at the tail, where replay would call that corruption.
     fn roll(&mut self) -> Result<()> {
+        if let Some(old) = self.segments.get(&self.active) {
+            old.file
+                .sync_data()
+                .map_err(|e| io("fdatasync", &old.path, e))?;
+        }
         let seq = self.active + 1;
         self.open_segment(seq)?;
         self.active = seq;
