@@ -13,6 +13,7 @@ use tracing::{Instrument, info, info_span, instrument, warn};
 
 use super::ApiConfig;
 use super::convert;
+use super::identity;
 use super::sessions::Sessions;
 use super::status::{from_propose, invalid};
 use crate::raft::{AppliedEvent, ProposeError, RaftHandle};
@@ -110,6 +111,7 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::ConnectRequest>,
     ) -> Result<Response<Self::AttachStream>, Status> {
+        identity::require_agent(&req, &req.get_ref().agent)?;
         let r = req.into_inner();
         valid_name("agent", &r.agent)?;
         if r.slots == 0 || r.slots > 1024 {
@@ -184,6 +186,7 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        identity::require_agent(&req, &req.get_ref().agent)?;
         let r = req.into_inner();
         valid_name("agent", &r.agent)?;
         let lease_until_ms = cd_common::time::now_ms() + self.cfg.lease.as_millis() as i64;
@@ -221,6 +224,7 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::StartAttemptRequest>,
     ) -> Result<Response<pb::StartAttemptResponse>, Status> {
+        identity::require_agent(&req, &req.get_ref().agent)?;
         let r = req.into_inner();
         let k = key(&r.agent, r.attempt)?;
         self.node
@@ -234,6 +238,7 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::PushLogsRequest>,
     ) -> Result<Response<pb::PushLogsResponse>, Status> {
+        identity::require_agent(&req, &req.get_ref().agent)?;
         let r = req.into_inner();
         let limits = &self.cfg.limits;
         if r.chunks.len() > limits.max_chunks_per_push {
@@ -293,6 +298,7 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::ReportResultRequest>,
     ) -> Result<Response<pb::ReportResultResponse>, Status> {
+        identity::require_agent(&req, &req.get_ref().agent)?;
         let r = req.into_inner();
         let k = key(&r.agent, r.attempt)?;
         let result = r.result.ok_or_else(|| invalid("result", "missing"))?;

@@ -3,6 +3,7 @@
 //! below this folder sees a tonic type.
 
 mod agent;
+pub mod authz;
 mod cluster;
 mod control;
 pub mod convert;
@@ -75,6 +76,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(String),
+    #[error("CA certificate: {0}")]
+    Ca(#[from] cd_common::certs::CertError),
 }
 
 /// Serves every service on `listener` until `shutdown` fires.
@@ -86,6 +89,10 @@ pub async fn serve(
     cfg: ApiConfig,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    let policy = authz::Policy {
+        trust_domain: cd_common::certs::ca_trust_domain_file(&tls.ca)?,
+        revoked: std::sync::Arc::new(|_| false),
+    };
     let tls = cd_common::tls::server_tls(tls)?;
     let max = cfg.limits.max_message;
     let control = control::ControlApi {
@@ -132,6 +139,7 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .layer(authz::AuthzLayer::new(policy))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
