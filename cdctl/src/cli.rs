@@ -188,6 +188,15 @@ pub enum CertsCommand {
     Init(CertsInitArgs),
     /// Issue a certificate and key signed by the CA (OUT/NAME.pem and OUT/NAME-key.pem).
     Issue(CertsIssueArgs),
+    /// Print a certificate's identity, role and expiry, and why a server would refuse it.
+    /// Exit code 1 when it carries no valid identity or has expired.
+    Show(CertsShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CertsShowArgs {
+    /// PEM certificate file (the first certificate in it is shown).
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -86,7 +86,7 @@ pub fn print_json(value: &Value) -> anyhow::Result<()> {
 pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     let ctx = Ctx::new(&cli);
     match cli.command {
-        Command::Certs(cmd) => certs::run(&ctx, cmd).map(|()| 0),
+        Command::Certs(cmd) => certs::run(&ctx, cmd),
         Command::Pipeline(cmd) => pipeline::run(&ctx, cmd).await.map(|()| 0),
         Command::Run(cmd) => run::run(&ctx, cmd).await,
         Command::Logs(args) => logs::run(&ctx, args).await.map(|()| 0),
