@@ -55,6 +55,26 @@ fn assignment_msg(a: pb::Assignment) -> pb::AgentMessage {
 }
 
 impl AgentApi {
+    /// Refuses, before anything is proposed, a claim on an attempt that another agent holds.
+    /// (Apply fences the same way; this only keeps such a request out of the log.)
+    fn check_owner(&self, k: &AttemptKey) -> Result<(), Status> {
+        let holder = self.node.read(|st| {
+            st.runs
+                .get(&k.run_id)
+                .and_then(|run| run.stage(&k.stage))
+                .and_then(|s| s.live_attempt())
+                .filter(|a| a.number == k.attempt && a.agent != k.agent)
+                .map(|a| a.agent.clone())
+        });
+        match holder {
+            None => Ok(()),
+            Some(holder) => Err(Status::permission_denied(format!(
+                "attempt {} of {}/{} belongs to agent {holder}, not {}",
+                k.attempt, k.run_id, k.stage, k.agent
+            ))),
+        }
+    }
+
     /// Every attempt currently held by `agent`, as assignments (sent on every (re)connect).
     fn live_assignments(&self, agent: &str) -> Vec<pb::AgentMessage> {
         self.node.read(|st| {
@@ -227,6 +247,7 @@ impl AgentService for AgentApi {
         identity::require_agent(&req, &req.get_ref().agent)?;
         let r = req.into_inner();
         let k = key(&r.agent, r.attempt)?;
+        self.check_owner(&k)?;
         self.node
             .propose(Kind::StartAttempt(k))
             .await
@@ -263,8 +284,10 @@ impl AgentService for AgentApi {
             // Checked here, on the leader, so apply never meets a chunk it cannot decode.
             cd_common::logcodec::decode(&c.data, c.encoding, limits.max_log_chunk)
                 .map_err(|e| invalid("chunks.data", e.to_string()))?;
+            let k = key(&r.agent, c.attempt)?;
+            self.check_owner(&k)?;
             chunks.push(cmd::LogChunk {
-                key: Some(key(&r.agent, c.attempt)?),
+                key: Some(k),
                 seq: c.seq,
                 data: c.data,
                 encoding: c.encoding,
@@ -301,6 +324,7 @@ impl AgentService for AgentApi {
         identity::require_agent(&req, &req.get_ref().agent)?;
         let r = req.into_inner();
         let k = key(&r.agent, r.attempt)?;
+        self.check_owner(&k)?;
         let result = r.result.ok_or_else(|| invalid("result", "missing"))?;
         let limits = &self.cfg.limits;
         if result.metrics.len() > limits.max_metrics {
