@@ -26,12 +26,14 @@
 //! The image reference and these values follow Docker's own rules (see `container`), so an
 //! accepted stage is one the executor can start.
 
+mod approvers;
 mod container;
 mod convert;
 mod node;
 mod types;
 mod validate;
 
+pub use approvers::{approver_problem, may_approve};
 pub use container::{
     MAX_CPUS, MAX_IMAGE_NAME_LEN, MAX_MEMORY_BYTES, MAX_USER_LEN, MIN_CPUS, MIN_MEMORY_BYTES,
 };

@@ -419,6 +419,9 @@ impl ControlService for ControlApi {
     async fn approve(&self, req: Request<pb::ApproveRequest>) -> Result<Response<pb::Run>, Status> {
         let identity = identity::caller(&req);
         let r = req.into_inner();
+        self.node
+            .read(|st| st.check_approver(&r.run_id, &r.stage, &identity))
+            .map_err(super::status::from_state)?;
         self.propose_then_run(
             Kind::Approve(cmd::Approve {
                 run_id: r.run_id.clone(),
@@ -441,6 +444,9 @@ impl ControlService for ControlApi {
                 "required: say why the change is rejected",
             ));
         }
+        self.node
+            .read(|st| st.check_approver(&r.run_id, &r.stage, &identity))
+            .map_err(super::status::from_state)?;
         self.propose_then_run(
             Kind::Reject(cmd::Reject {
                 run_id: r.run_id.clone(),

@@ -18,7 +18,7 @@ pub struct Command {
     pub at_ms: i64,
     #[prost(
         oneof = "Kind",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 30, 31"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 30, 31, 40"
     )]
     pub kind: Option<Kind>,
 }
@@ -57,6 +57,18 @@ pub enum Kind {
     OpenIncident(OpenIncident),
     #[prost(message, tag = "31")]
     ResolveIncident(ResolveIncident),
+    /// A stage waited longer than its `gate.approval_timeout`: it fails (proposed by the
+    /// leader's scheduler; apply checks the deadline against `at_ms`).
+    #[prost(message, tag = "40")]
+    ExpireApproval(ExpireApproval),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ExpireApproval {
+    #[prost(string, tag = "1")]
+    pub run_id: String,
+    #[prost(string, tag = "2")]
+    pub stage: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -13,6 +13,8 @@ mod pipelines;
 mod runs;
 
 #[cfg(test)]
+mod approval_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 pub(crate) mod testkit;
@@ -119,6 +121,9 @@ pub enum StateError {
     /// A claim by an attempt that is no longer the live one (fencing).
     #[error("{0}")]
     Stale(String),
+    /// The caller is not one the pipeline allows (e.g. not in `gate.approvers`).
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 /// Result of applying one entry.
@@ -149,6 +154,7 @@ pub fn apply(state: &mut State, cmd: &Command, index: u64) -> Applied {
             Kind::ReportResult(c) => attempts::report_result(state, c, at, &mut events),
             Kind::ExpireAttempt(c) => attempts::expire(state, c, at, &mut events),
             Kind::Approve(c) => runs::approve(state, c, at, &mut events),
+            Kind::ExpireApproval(c) => runs::expire_approval(state, c, at, &mut events),
             Kind::Reject(c) => runs::reject(state, c, at, &mut events),
             Kind::Rollback(c) => {
                 deploy::start_rollback(state, c, None, at, &mut events).map(Outcome::Run)

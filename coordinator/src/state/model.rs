@@ -154,6 +154,9 @@ pub struct Stage {
     pub failures: u32,
     /// When the stage last became queued: the scheduler serves oldest first.
     pub queued_ms: i64,
+    /// When the stage began awaiting approval (for `gate.approval_timeout`); 0: not waiting.
+    #[serde(default)]
+    pub awaiting_since_ms: i64,
 }
 
 impl Stage {
@@ -167,6 +170,7 @@ impl Stage {
             approvals: Vec::new(),
             failures: 0,
             queued_ms: 0,
+            awaiting_since_ms: 0,
         }
     }
 
