@@ -106,6 +106,9 @@ pub enum Command {
     Approve(ApproveArgs),
     /// Reject a stage that waits at its promotion gate (a reason is required).
     Reject(RejectArgs),
+    /// Revoke an agent's or operator's identity: the cluster refuses its certificate from now
+    /// on, and a connected agent is disconnected. Cannot be undone; issue a new name instead.
+    Revoke(RevokeArgs),
     /// Show the build agents known to the cluster.
     #[command(subcommand)]
     Agents(AgentsCommand),
@@ -363,6 +366,15 @@ pub struct RejectArgs {
     pub stage: String,
     /// Why the change must not be promoted (required).
     #[arg(long, value_parser = parse_nonempty)]
+    pub reason: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// The identity to revoke: spiffe://<trust-domain>/<role>/<name> (see `cdctl certs show`).
+    pub identity: String,
+    /// Why (recorded with the revocation).
+    #[arg(long, default_value = "")]
     pub reason: String,
 }
 

@@ -259,6 +259,19 @@ async fn every_unauthorized_caller_is_refused_with_a_clear_error_and_nothing_is_
     })
     .await?;
     let bob = s.certs.tls(Role::Operator, "bob");
+    // Agent `gone` and operator `carol` are revoked (their certificates stay valid).
+    let gone = s.certs.tls(Role::Agent, "gone");
+    let carol = s.certs.tls(Role::Operator, "carol");
+    for id in [
+        "spiffe://conveyor.local/agent/gone",
+        "spiffe://conveyor.local/operator/carol",
+    ] {
+        c.revoke(pb::RevokeRequest {
+            identity: id.into(),
+            reason: "test".into(),
+        })
+        .await?;
+    }
     let alice = s.certs.tls(Role::Operator, "alice");
 
     let other_ca = Certs::new(&s.path("other-ca"))?;
@@ -409,6 +422,21 @@ async fn every_unauthorized_caller_is_refused_with_a_clear_error_and_nothing_is_
 
     cases.extend([
         Case {
+            name: "revoked agent reconnecting",
+            who: Who::Tls(gone.clone()),
+            call: Call::Heartbeat { agent: "gone" },
+            expect: Expect::Status(
+                Code::Unauthenticated,
+                &["spiffe://conveyor.local/agent/gone has been revoked"],
+            ),
+        },
+        Case {
+            name: "revoked operator reading",
+            who: Who::Tls(carol.clone()),
+            call: Call::ListRuns,
+            expect: Expect::Status(Code::Unauthenticated, &["operator/carol has been revoked"]),
+        },
+        Case {
             name: "approval by an operator not in gate.approvers",
             who: Who::Tls(bob.clone()),
             call: Call::Approve {
@@ -542,6 +570,87 @@ async fn an_unanswered_approval_fails_the_stage_after_its_timeout() -> anyhow::R
             .contains("approval timed out: no decision within 2s"),
         "{}",
         ship.reason
+    );
+    Ok(())
+}
+
+/// `cdctl revoke` disconnects a connected agent at once and refuses it on every reconnect,
+/// though its certificate is still valid; coordinators cannot be revoked this way.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_agent_is_disconnected_and_refused_on_reconnect() -> anyhow::Result<()> {
+    let s = Single::start(&["r1", "r2"], &[], &[]).await?;
+    let out = s
+        .cdctl()
+        .args([
+            "revoke",
+            "spiffe://conveyor.local/agent/r1",
+            "--reason",
+            "stolen",
+        ])
+        .output()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("revoked spiffe://conveyor.local/agent/r1"),
+        "{text}"
+    );
+
+    let mut c = s.client().await?;
+    eventually("r1 to be disconnected", Duration::from_secs(20), || {
+        let mut c = c.clone();
+        async move {
+            let agents = c
+                .list_agents(pb::ListAgentsRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .agents;
+            let r1 = agents.iter().find(|a| a.name == "r1")?;
+            let r2 = agents.iter().find(|a| a.name == "r2")?;
+            (!r1.connected && r2.connected).then_some(())
+        }
+    })
+    .await?;
+    // The agent keeps trying; every attempt is refused, and its log says why.
+    let agent = &s.agents[0];
+    eventually(
+        "r1 to log that it was revoked",
+        Duration::from_secs(20),
+        || async {
+            let log = agent.proc.log_text();
+            (log.matches("has been revoked").count() >= 2).then_some(())
+        },
+    )
+    .await?;
+    let agents = c
+        .list_agents(pb::ListAgentsRequest {})
+        .await?
+        .into_inner()
+        .agents;
+    assert!(
+        agents.iter().any(|a| a.name == "r1" && !a.connected),
+        "{agents:?}"
+    );
+
+    // Revoking twice is harmless; a coordinator is refused with the reason.
+    let again = s
+        .cdctl()
+        .args(["revoke", "spiffe://conveyor.local/agent/r1"])
+        .output()?;
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already revoked"));
+    let err = c
+        .revoke(pb::RevokeRequest {
+            identity: "spiffe://conveyor.local/coordinator/node-1".into(),
+            reason: String::new(),
+        })
+        .await
+        .expect_err("a coordinator cannot be revoked");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("cdctl cluster remove"),
+        "{}",
+        err.message()
     );
     Ok(())
 }

@@ -9,6 +9,7 @@ pub mod env;
 pub mod feedback;
 pub mod logs;
 pub mod pipeline;
+pub mod revoke;
 pub mod run;
 
 use std::io::Write;
@@ -92,6 +93,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Logs(args) => logs::run(&ctx, args).await.map(|()| 0),
         Command::Approve(args) => approve::approve(&ctx, args).await.map(|()| 0),
         Command::Reject(args) => approve::reject(&ctx, args).await.map(|()| 0),
+        Command::Revoke(args) => revoke::run(&ctx, args).await.map(|()| 0),
         Command::Agents(cmd) => agents::run(&ctx, cmd).await.map(|()| 0),
         Command::Env(cmd) => env::run(&ctx, cmd).await.map(|()| 0),
         Command::Rollback(args) => env::rollback(&ctx, args).await,

@@ -132,6 +132,7 @@ impl AgentService for AgentApi {
         req: Request<pb::ConnectRequest>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         identity::require_agent(&req, &req.get_ref().agent)?;
+        let me = identity::caller(&req);
         let r = req.into_inner();
         valid_name("agent", &r.agent)?;
         if r.slots == 0 || r.slots > 1024 {
@@ -180,6 +181,11 @@ impl AgentService for AgentApi {
                             break;
                         }
                         ev = events.recv() => match ev {
+                            Ok(ev) if matches!(&ev.event, Event::Revoked { identity } if *identity == me) => {
+                                warn!("identity revoked; closing the agent's stream");
+                                let _ = tx.send(Err(Status::unauthenticated(format!("{me} has been revoked")))).await;
+                                break;
+                            }
                             Ok(ev) => api.event_msg(&agent, &ev).map(|m| vec![m]).unwrap_or_default(),
                             Err(broadcast::error::RecvError::Lagged(n)) => {
                                 warn!(missed = n, "event stream lagged; resending live assignments");

@@ -50,6 +50,7 @@ pub const TABLE: &[(&str, &[Role])] = &[
     ("/cd.v1.ControlService/ResolveIncident", WRITE),
     ("/cd.v1.ControlService/ListIncidents", READ),
     ("/cd.v1.ControlService/GetMetrics", READ),
+    ("/cd.v1.ControlService/Revoke", WRITE),
     // Agent API: agents only; the handlers also check that an agent acts only as itself.
     ("/cd.v1.AgentService/Attach", AGENT),
     ("/cd.v1.AgentService/Heartbeat", AGENT),

@@ -578,6 +578,13 @@ impl ControlService for ControlApi {
         self.list_incidents_impl(req).await
     }
 
+    async fn revoke(
+        &self,
+        req: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        self.revoke_impl(req).await
+    }
+
     async fn get_metrics(
         &self,
         req: Request<pb::GetMetricsRequest>,

@@ -10,6 +10,7 @@ pub mod convert;
 mod feedback;
 mod identity;
 mod peer;
+mod revoke;
 mod sessions;
 pub mod status;
 
@@ -91,7 +92,10 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let policy = authz::Policy {
         trust_domain: cd_common::certs::ca_trust_domain_file(&tls.ca)?,
-        revoked: std::sync::Arc::new(|_| false),
+        revoked: {
+            let node = node.clone();
+            std::sync::Arc::new(move |id| node.read(|st| st.is_revoked(&id.to_string())))
+        },
     };
     let tls = cd_common::tls::server_tls(tls)?;
     let max = cfg.limits.max_message;

@@ -18,7 +18,7 @@ pub struct Command {
     pub at_ms: i64,
     #[prost(
         oneof = "Kind",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 30, 31, 40"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 30, 31, 40, 41"
     )]
     pub kind: Option<Kind>,
 }
@@ -61,6 +61,21 @@ pub enum Kind {
     /// leader's scheduler; apply checks the deadline against `at_ms`).
     #[prost(message, tag = "40")]
     ExpireApproval(ExpireApproval),
+    /// An agent's or operator's identity is refused from now on (`cdctl revoke`).
+    #[prost(message, tag = "41")]
+    Revoke(Revoke),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Revoke {
+    /// `spiffe://<trust-domain>/<role>/<name>`.
+    #[prost(string, tag = "1")]
+    pub identity: String,
+    #[prost(string, tag = "2")]
+    pub reason: String,
+    /// The operator who revoked it.
+    #[prost(string, tag = "3")]
+    pub by: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -10,6 +10,7 @@ mod incidents;
 pub mod metrics;
 pub mod model;
 mod pipelines;
+mod revocation;
 mod runs;
 
 #[cfg(test)]
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 pub use command::{AttemptKey, Command, Kind};
 pub use incidents::MAX_TEXT as MAX_INCIDENT_TEXT;
 pub use model::*;
+pub use revocation::Revocation;
 
 /// Version of the snapshot encoding of `State`.
 pub const SNAPSHOT_VERSION: u32 = 1;
@@ -50,6 +52,10 @@ pub struct State {
     /// Every incident ever recorded; `id` is position + 1.
     #[serde(default)]
     pub incidents: Vec<Incident>,
+    /// Revoked identities (`spiffe://...` text): refused on every call. Skipped when empty so
+    /// states without revocations keep their digest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub revoked: BTreeMap<String, Revocation>,
 }
 
 /// What apply tells the world besides its answer: the store writes `LogAppended` durably; the
@@ -82,6 +88,10 @@ pub enum Event {
     },
     /// A stage became queued: the scheduler has work.
     StageQueued,
+    /// An identity was revoked: its open streams are closed.
+    Revoked {
+        identity: String,
+    },
 }
 
 /// Acknowledgement of log chunks for one attempt.
@@ -108,6 +118,8 @@ pub enum Outcome {
     LogAcks(Vec<LogAck>),
     /// The id of the incident the command opened or resolved.
     Incident(u64),
+    /// Whether a `Revoke` changed anything (false: already revoked).
+    Revoked(bool),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -155,6 +167,7 @@ pub fn apply(state: &mut State, cmd: &Command, index: u64) -> Applied {
             Kind::ExpireAttempt(c) => attempts::expire(state, c, at, &mut events),
             Kind::Approve(c) => runs::approve(state, c, at, &mut events),
             Kind::ExpireApproval(c) => runs::expire_approval(state, c, at, &mut events),
+            Kind::Revoke(c) => revocation::revoke(state, c, at, &mut events),
             Kind::Reject(c) => runs::reject(state, c, at, &mut events),
             Kind::Rollback(c) => {
                 deploy::start_rollback(state, c, None, at, &mut events).map(Outcome::Run)
