@@ -109,6 +109,9 @@ pub enum Command {
     /// Revoke an agent's or operator's identity: the cluster refuses its certificate from now
     /// on, and a connected agent is disconnected. Cannot be undone; issue a new name instead.
     Revoke(RevokeArgs),
+    /// Show the audit log: recent writes (apply, start, cancel, approve, reject, rollback,
+    /// incidents, revoke) with who made them and when. Operators only.
+    Audit(AuditArgs),
     /// Show the build agents known to the cluster.
     #[command(subcommand)]
     Agents(AgentsCommand),
@@ -367,6 +370,16 @@ pub struct RejectArgs {
     /// Why the change must not be promoted (required).
     #[arg(long, value_parser = parse_nonempty)]
     pub reason: String,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Newest entries to show.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// Only this caller (a name such as `alice`, or a full spiffe:// identity).
+    #[arg(long)]
+    pub identity: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -287,6 +287,13 @@ impl ControlService for Fake {
         Err(Status::unimplemented("fake"))
     }
 
+    async fn list_audit(
+        &self,
+        _: Request<cd_proto::v1::ListAuditRequest>,
+    ) -> Result<Response<cd_proto::v1::ListAuditResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn revoke(
         &self,
         _: Request<cd_proto::v1::RevokeRequest>,

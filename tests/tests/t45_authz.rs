@@ -41,6 +41,7 @@ stages:
 #[derive(Clone, Debug)]
 enum Call {
     ListRuns,
+    ListAudit,
     StartRun,
     RaftSend,
     Heartbeat { agent: &'static str },
@@ -112,6 +113,11 @@ async fn perform(
         Call::ListRuns => {
             ControlServiceClient::new(ch)
                 .list_runs(pb::ListRunsRequest::default())
+                .await?;
+        }
+        Call::ListAudit => {
+            ControlServiceClient::new(ch)
+                .list_audit(pb::ListAuditRequest::default())
                 .await?;
         }
         Call::StartRun => {
@@ -422,6 +428,12 @@ async fn every_unauthorized_caller_is_refused_with_a_clear_error_and_nothing_is_
 
     cases.extend([
         Case {
+            name: "viewer reading the audit log",
+            who: Who::Tls(viewer.clone()),
+            call: Call::ListAudit,
+            expect: Expect::Status(Code::PermissionDenied, &["allowed roles: operator"]),
+        },
+        Case {
             name: "revoked agent reconnecting",
             who: Who::Tls(gone.clone()),
             call: Call::Heartbeat { agent: "gone" },
@@ -545,6 +557,61 @@ async fn every_unauthorized_caller_is_refused_with_a_clear_error_and_nothing_is_
             .any(|a| a.identity.ends_with("/operator/alice")),
         "{}",
         describe(Some(&run))
+    );
+
+    // Every write is in the audit log with its caller; no refused call is.
+    let audit = c
+        .list_audit(pb::ListAuditRequest::default())
+        .await?
+        .into_inner()
+        .entries;
+    let rows: Vec<(String, String, String)> = audit
+        .iter()
+        .map(|e| (e.identity.clone(), e.action.clone(), e.target.clone()))
+        .collect();
+    let op_id = "spiffe://conveyor.local/operator/operator".to_string();
+    for expected in [
+        (op_id.clone(), "apply".to_string(), "owned".to_string()),
+        (op_id.clone(), "start".to_string(), run_id.clone()),
+        (op_id.clone(), "apply".to_string(), "gated".to_string()),
+        (op_id.clone(), "start".to_string(), gated.clone()),
+        (
+            op_id.clone(),
+            "revoke".to_string(),
+            "spiffe://conveyor.local/agent/gone".to_string(),
+        ),
+        (
+            op_id.clone(),
+            "revoke".to_string(),
+            "spiffe://conveyor.local/operator/carol".to_string(),
+        ),
+        (
+            "spiffe://conveyor.local/operator/alice".to_string(),
+            "approve".to_string(),
+            format!("{gated}/ship"),
+        ),
+    ] {
+        assert!(
+            rows.contains(&expected),
+            "{expected:?} missing from {rows:#?}"
+        );
+    }
+    assert_eq!(rows.len(), 7, "only the successful writes: {rows:#?}");
+    assert!(
+        audit
+            .windows(2)
+            .all(|w| w[0].seq < w[1].seq && w[0].at_ms <= w[1].at_ms)
+    );
+    let out = s.cdctl().args(["audit", "--identity", "alice"]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("spiffe://conveyor.local/operator/alice") && text.contains("approve"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("operator/operator"),
+        "filtered by identity: {text}"
     );
     Ok(())
 }

@@ -51,6 +51,8 @@ pub const TABLE: &[(&str, &[Role])] = &[
     ("/cd.v1.ControlService/ListIncidents", READ),
     ("/cd.v1.ControlService/GetMetrics", READ),
     ("/cd.v1.ControlService/Revoke", WRITE),
+    // Who did what is for operators.
+    ("/cd.v1.ControlService/ListAudit", WRITE),
     // Agent API: agents only; the handlers also check that an agent acts only as itself.
     ("/cd.v1.AgentService/Attach", AGENT),
     ("/cd.v1.AgentService/Heartbeat", AGENT),

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::control::ControlApi;
 use super::identity;
-use super::status::{from_propose, invalid};
+use super::status::invalid;
 use crate::state::command as cmd;
 use crate::state::{Kind, Outcome};
 
@@ -35,14 +35,15 @@ impl ControlApi {
             return Err(invalid("identity", "an operator cannot revoke itself"));
         }
         let out = self
-            .node
-            .propose(Kind::Revoke(cmd::Revoke {
-                identity: id.to_string(),
-                reason: r.reason,
-                by,
-            }))
-            .await
-            .map_err(from_propose)?;
+            .propose_as(
+                &by.clone(),
+                Kind::Revoke(cmd::Revoke {
+                    identity: id.to_string(),
+                    reason: r.reason,
+                    by,
+                }),
+            )
+            .await?;
         let changed = matches!(out, Outcome::Revoked(true));
         let rec = self
             .node

@@ -18,7 +18,7 @@ pub struct Command {
     pub at_ms: i64,
     #[prost(
         oneof = "Kind",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 30, 31, 40, 41"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 30, 31, 40, 41, 42"
     )]
     pub kind: Option<Kind>,
 }
@@ -64,6 +64,19 @@ pub enum Kind {
     /// An agent's or operator's identity is refused from now on (`cdctl revoke`).
     #[prost(message, tag = "41")]
     Revoke(Revoke),
+    /// A write made by an API caller: applies `command` and records it in the audit log
+    /// with `identity` (one envelope, so no write command needs its own identity field).
+    #[prost(message, tag = "42")]
+    AsCaller(AsCaller),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AsCaller {
+    /// `spiffe://...` of the caller.
+    #[prost(string, tag = "1")]
+    pub identity: String,
+    #[prost(message, optional, boxed, tag = "2")]
+    pub command: Option<Box<Command>>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
