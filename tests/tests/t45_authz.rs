@@ -48,6 +48,20 @@ enum Call {
     ReportResult { agent: &'static str },
     Approve { run_id: String },
     Reject { run_id: String },
+    ApplySpec { yaml: String },
+    PushLog { agent: &'static str, bytes: usize },
+    ReportErrors { agent: &'static str, bytes: usize },
+}
+
+/// A pipeline whose YAML aliases expand a few bytes into billions (a "billion laughs").
+fn alias_bomb() -> String {
+    let mut y =
+        String::from("name: bomb\nx0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for i in 1..10 {
+        let prev = format!("*a{}", i - 1);
+        y += &format!("x{i}: &a{i} [{}]\n", vec![prev; 10].join(", "));
+    }
+    y + "stages:\n  - { name: a, run: x }\n"
 }
 
 /// How it must fail.
@@ -144,6 +158,41 @@ async fn perform(
                     run_id,
                     stage: "ship".into(),
                     reason: "no".into(),
+                })
+                .await?;
+        }
+        Call::ApplySpec { yaml } => {
+            ControlServiceClient::new(ch)
+                .apply_pipeline(pb::ApplyPipelineRequest {
+                    spec_yaml: yaml,
+                    file_name: "evil.yaml".into(),
+                    base_dir: String::new(),
+                })
+                .await?;
+        }
+        Call::PushLog { agent, bytes } => {
+            AgentServiceClient::new(ch)
+                .push_logs(pb::PushLogsRequest {
+                    agent: agent.into(),
+                    chunks: vec![pb::LogChunk {
+                        attempt: Some(attempt.clone()),
+                        seq: 0,
+                        data: vec![b'x'; bytes],
+                        ..Default::default()
+                    }],
+                })
+                .await?;
+        }
+        Call::ReportErrors { agent, bytes } => {
+            AgentServiceClient::new(ch)
+                .report_result(pb::ReportResultRequest {
+                    agent: agent.into(),
+                    attempt: Some(attempt.clone()),
+                    result: Some(pb::StageResult {
+                        exit_code: 1,
+                        errors: vec!["e".repeat(bytes)],
+                        ..Default::default()
+                    }),
                 })
                 .await?;
         }
@@ -426,7 +475,72 @@ async fn every_unauthorized_caller_is_refused_with_a_clear_error_and_nothing_is_
         },
     ];
 
+    const MIB: usize = 1024 * 1024;
     cases.extend([
+        Case {
+            name: "oversized spec",
+            who: Who::Tls(op.clone()),
+            call: Call::ApplySpec {
+                yaml: format!(
+                    "name: big\n#{}\nstages:\n  - {{ name: a, run: x }}\n",
+                    "x".repeat(MIB)
+                ),
+            },
+            expect: Expect::Status(
+                Code::InvalidArgument,
+                &["spec_yaml", "exceeds the spec limit of"],
+            ),
+        },
+        Case {
+            name: "YAML alias bomb",
+            who: Who::Tls(op.clone()),
+            call: Call::ApplySpec { yaml: alias_bomb() },
+            expect: Expect::Status(Code::InvalidArgument, &["evil.yaml", "alias"]),
+        },
+        Case {
+            name: "stage name with ../",
+            who: Who::Tls(op.clone()),
+            call: Call::ApplySpec {
+                yaml: "name: p\nstages:\n  - { name: ../up, run: x }\n".into(),
+            },
+            expect: Expect::Status(Code::InvalidArgument, &["evil.yaml:3", "stages[0].name"]),
+        },
+        Case {
+            name: "artifact path with ../",
+            who: Who::Tls(op.clone()),
+            call: Call::ApplySpec {
+                yaml: "name: p\nstages:\n  - name: a\n    run: x\n    artifacts: [../../etc]\n"
+                    .into(),
+            },
+            expect: Expect::Status(
+                Code::InvalidArgument,
+                &["evil.yaml:5", "stages[0].artifacts[0]"],
+            ),
+        },
+        Case {
+            name: "oversized log chunk",
+            who: Who::Tls(b.clone()),
+            call: Call::PushLog {
+                agent: "b",
+                bytes: MIB + 1,
+            },
+            expect: Expect::Status(
+                Code::InvalidArgument,
+                &["chunks.data", "log chunk limit of 1048576 bytes"],
+            ),
+        },
+        Case {
+            name: "oversized result",
+            who: Who::Tls(b.clone()),
+            call: Call::ReportErrors {
+                agent: "b",
+                bytes: MIB + 1,
+            },
+            expect: Expect::Status(
+                Code::InvalidArgument,
+                &["result.errors", "limit of 1048576 bytes"],
+            ),
+        },
         Case {
             name: "viewer reading the audit log",
             who: Who::Tls(viewer.clone()),
