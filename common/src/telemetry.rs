@@ -25,15 +25,6 @@ pub fn init_tracing_with_default(json: bool, default_filter: &str) {
             EnvFilter::new(default_filter)
         }
     };
-    // A refused TLS handshake (expired or foreign certificate, plaintext) is only visible to
-    // the client as a closed connection; tonic logs the reason at debug: keep that line.
-    let filter = match std::env::var(EnvFilter::DEFAULT_ENV) {
-        Ok(v) if v.contains("tonic") => filter,
-        _ => match "tonic::transport::server::io_stream=debug".parse() {
-            Ok(directive) => filter.add_directive(directive),
-            Err(_) => filter,
-        },
-    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -835,3 +835,91 @@ async fn a_revoked_agent_is_disconnected_and_refused_on_reconnect() -> anyhow::R
     );
     Ok(())
 }
+
+/// A client that accepts only a server certificate naming rotated.example.
+async fn rotated(endpoint: &str, tls: &TlsPaths) -> anyhow::Result<()> {
+    let ch = Endpoint::from_shared(endpoint.to_string())?
+        .tls_config(cd_common::tls::client_tls(tls, "rotated.example")?)?
+        .connect()
+        .await?;
+    ControlServiceClient::new(ch)
+        .list_pipelines(pb::ListPipelinesRequest {})
+        .await?;
+    Ok(())
+}
+
+/// The coordinator's own certificate rotates without a restart: new files are picked up
+/// (file change or SIGHUP), new connections get the new certificate, open ones keep working,
+/// and a broken pair is refused while the old one stays in service.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_coordinators_certificate_rotates_without_a_restart() -> anyhow::Result<()> {
+    let s = Single::start(&[], &[], &[]).await?;
+    let pid = s.coord.proc.pid();
+    let mut before = s.client().await?;
+    let node = TlsPaths::in_dir(&s.certs.dir, "node-1");
+    assert!(
+        rotated(&s.coord.endpoint, &s.op).await.is_err(),
+        "the first certificate does not name rotated.example"
+    );
+
+    // Issue the new pair elsewhere and move it over the node's files.
+    let fresh = s.path("fresh");
+    cd_common::certs::issue(
+        &s.certs.dir,
+        &fresh,
+        Role::Coordinator,
+        "node-1",
+        &["rotated.example".to_string()],
+        30,
+    )?;
+    std::fs::rename(fresh.join("node-1-key.pem"), &node.key)?;
+    std::fs::rename(fresh.join("node-1.pem"), &node.cert)?;
+    eventually(
+        "new connections to get the new certificate",
+        Duration::from_secs(20),
+        || async { rotated(&s.coord.endpoint, &s.op).await.ok() },
+    )
+    .await?;
+    assert!(
+        s.coord
+            .proc
+            .log_text()
+            .contains("reloaded this node's certificate")
+    );
+    before.list_pipelines(pb::ListPipelinesRequest {}).await?;
+
+    // SIGHUP reloads too (and no longer ends the process).
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )?;
+    eventually("a reload on SIGHUP", Duration::from_secs(20), || async {
+        s.coord
+            .proc
+            .log_text()
+            .contains("why=\"SIGHUP\"")
+            .then_some(())
+    })
+    .await?;
+
+    // A broken certificate file is refused; the node keeps serving the last good one.
+    std::fs::write(&node.cert, "not a certificate")?;
+    eventually(
+        "the broken file to be refused",
+        Duration::from_secs(20),
+        || async {
+            s.coord
+                .proc
+                .log_text()
+                .contains("certificate reload failed")
+                .then_some(())
+        },
+    )
+    .await?;
+    rotated(&s.coord.endpoint, &s.op).await?;
+    assert!(
+        alive(pid) && s.coord.proc.pid() == pid,
+        "the coordinator restarted"
+    );
+    Ok(())
+}

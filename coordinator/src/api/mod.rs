@@ -13,6 +13,7 @@ mod peer;
 mod revoke;
 mod sessions;
 pub mod status;
+pub mod tls_reload;
 
 use std::time::Duration;
 
@@ -97,7 +98,9 @@ pub async fn serve(
             std::sync::Arc::new(move |id| node.read(|st| st.is_revoked(&id.to_string())))
         },
     };
-    let tls = cd_common::tls::server_tls(tls)?;
+    let cert = tls_reload::ReloadingCert::load(tls)?;
+    let tls_config = tls_reload::server_config(tls, cert.clone())?;
+    tokio::spawn(cert.watch(shutdown.clone()));
     let max = cfg.limits.max_message;
     let control = control::ControlApi {
         node: node.clone(),
@@ -137,11 +140,8 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    // Small replies (assignments, commit answers, log acks) must not wait for a delayed ACK:
-    // tonic ignores its own nodelay setting for a listener we hand it, so set it here.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = tls_reload::incoming(listener, tls_config, shutdown.clone());
     tonic::transport::Server::builder()
-        .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .layer(authz::AuthzLayer::new(policy))
         .add_service(health)
