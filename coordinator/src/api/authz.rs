@@ -28,63 +28,74 @@ const READ: &[Role] = &[Role::Viewer, Role::Operator];
 const MEMBERSHIP: &[Role] = &[Role::Operator, Role::Coordinator];
 const ANY: &[Role] = &Role::ALL;
 
-/// Full gRPC method path -> roles allowed to call it. The single source of truth.
-pub const TABLE: &[(&str, &[Role])] = &[
+/// Full gRPC method path -> roles allowed to call it, and whether it is a write (counted
+/// against the caller's write rate limit). The single source of truth.
+pub const TABLE: &[(&str, &[Role], bool)] = &[
     // Operator API: reads for viewers and operators, writes and approvals for operators.
-    ("/cd.v1.ControlService/ApplyPipeline", WRITE),
-    ("/cd.v1.ControlService/ListPipelines", READ),
-    ("/cd.v1.ControlService/GetPipeline", READ),
-    ("/cd.v1.ControlService/StartRun", WRITE),
-    ("/cd.v1.ControlService/GetRun", READ),
-    ("/cd.v1.ControlService/ListRuns", READ),
-    ("/cd.v1.ControlService/CancelRun", WRITE),
-    ("/cd.v1.ControlService/WatchRun", READ),
-    ("/cd.v1.ControlService/FollowLogs", READ),
-    ("/cd.v1.ControlService/Approve", WRITE),
-    ("/cd.v1.ControlService/Reject", WRITE),
-    ("/cd.v1.ControlService/ListAgents", READ),
-    ("/cd.v1.ControlService/ListEnvironments", READ),
-    ("/cd.v1.ControlService/EnvironmentHistory", READ),
-    ("/cd.v1.ControlService/Rollback", WRITE),
-    ("/cd.v1.ControlService/OpenIncident", WRITE),
-    ("/cd.v1.ControlService/ResolveIncident", WRITE),
-    ("/cd.v1.ControlService/ListIncidents", READ),
-    ("/cd.v1.ControlService/GetMetrics", READ),
-    ("/cd.v1.ControlService/Revoke", WRITE),
+    ("/cd.v1.ControlService/ApplyPipeline", WRITE, true),
+    ("/cd.v1.ControlService/ListPipelines", READ, false),
+    ("/cd.v1.ControlService/GetPipeline", READ, false),
+    ("/cd.v1.ControlService/StartRun", WRITE, true),
+    ("/cd.v1.ControlService/GetRun", READ, false),
+    ("/cd.v1.ControlService/ListRuns", READ, false),
+    ("/cd.v1.ControlService/CancelRun", WRITE, true),
+    ("/cd.v1.ControlService/WatchRun", READ, false),
+    ("/cd.v1.ControlService/FollowLogs", READ, false),
+    ("/cd.v1.ControlService/Approve", WRITE, true),
+    ("/cd.v1.ControlService/Reject", WRITE, true),
+    ("/cd.v1.ControlService/ListAgents", READ, false),
+    ("/cd.v1.ControlService/ListEnvironments", READ, false),
+    ("/cd.v1.ControlService/EnvironmentHistory", READ, false),
+    ("/cd.v1.ControlService/Rollback", WRITE, true),
+    ("/cd.v1.ControlService/OpenIncident", WRITE, true),
+    ("/cd.v1.ControlService/ResolveIncident", WRITE, true),
+    ("/cd.v1.ControlService/ListIncidents", READ, false),
+    ("/cd.v1.ControlService/GetMetrics", READ, false),
+    ("/cd.v1.ControlService/Revoke", WRITE, true),
     // Who did what is for operators.
-    ("/cd.v1.ControlService/ListAudit", WRITE),
+    ("/cd.v1.ControlService/ListAudit", WRITE, false),
     // Agent API: agents only; the handlers also check that an agent acts only as itself.
-    ("/cd.v1.AgentService/Attach", AGENT),
-    ("/cd.v1.AgentService/Heartbeat", AGENT),
-    ("/cd.v1.AgentService/StartAttempt", AGENT),
-    ("/cd.v1.AgentService/PushLogs", AGENT),
-    ("/cd.v1.AgentService/ReportResult", AGENT),
+    ("/cd.v1.AgentService/Attach", AGENT, false),
+    ("/cd.v1.AgentService/Heartbeat", AGENT, false),
+    ("/cd.v1.AgentService/StartAttempt", AGENT, false),
+    ("/cd.v1.AgentService/PushLogs", AGENT, false),
+    ("/cd.v1.AgentService/ReportResult", AGENT, false),
     // Cluster administration.
-    ("/cd.v1.ClusterService/Status", READ),
-    ("/cd.v1.ClusterService/AddNode", MEMBERSHIP),
-    ("/cd.v1.ClusterService/RemoveNode", WRITE),
-    ("/cd.v1.ClusterService/TransferLeader", WRITE),
-    ("/cd.v1.ClusterService/StateDigest", READ),
-    ("/cd.v1.ClusterService/SetFaults", WRITE),
+    ("/cd.v1.ClusterService/Status", READ, false),
+    ("/cd.v1.ClusterService/AddNode", MEMBERSHIP, true),
+    ("/cd.v1.ClusterService/RemoveNode", WRITE, true),
+    ("/cd.v1.ClusterService/TransferLeader", WRITE, true),
+    ("/cd.v1.ClusterService/StateDigest", READ, false),
+    ("/cd.v1.ClusterService/SetFaults", WRITE, true),
     // Peer (Raft) traffic between coordinators.
-    ("/cd.raft.v1.RaftPeer/Send", PEER),
-    ("/cd.raft.v1.RaftPeer/InstallSnapshot", PEER),
+    ("/cd.raft.v1.RaftPeer/Send", PEER, false),
+    ("/cd.raft.v1.RaftPeer/InstallSnapshot", PEER, false),
     // Standard services for third-party tools.
-    ("/grpc.health.v1.Health/Check", ANY),
-    ("/grpc.health.v1.Health/Watch", ANY),
+    ("/grpc.health.v1.Health/Check", ANY, false),
+    ("/grpc.health.v1.Health/Watch", ANY, false),
     (
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
         ANY,
+        false,
     ),
     (
         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         ANY,
+        false,
     ),
 ];
 
 /// The roles allowed to call `path`, or `None` when the table has no row for it.
 pub fn allowed_roles(path: &str) -> Option<&'static [Role]> {
-    TABLE.iter().find(|(p, _)| *p == path).map(|(_, r)| *r)
+    TABLE
+        .iter()
+        .find(|(p, _, _)| *p == path)
+        .map(|(_, r, _)| *r)
+}
+
+/// Whether `path` is a write (rate-limited per identity).
+pub fn is_write(path: &str) -> bool {
+    TABLE.iter().any(|(p, _, w)| *p == path && *w)
 }
 
 /// Whether an identity is refused although its certificate is valid (revocation).
@@ -95,6 +106,8 @@ pub type RevokedFn = Arc<dyn Fn(&Identity) -> bool + Send + Sync>;
 pub struct Policy {
     pub trust_domain: String,
     pub revoked: RevokedFn,
+    /// Per-identity write rate limit; `None`: unlimited.
+    pub writes: Option<Arc<super::rate::WriteLimiter>>,
 }
 
 impl Policy {
@@ -131,6 +144,13 @@ impl Policy {
                 id.role,
                 names.join(", ")
             )));
+        }
+        if let Some(limiter) = &self.writes
+            && is_write(path)
+        {
+            limiter
+                .take(&id.to_string(), std::time::Instant::now())
+                .map_err(Status::resource_exhausted)?;
         }
         Ok(id)
     }

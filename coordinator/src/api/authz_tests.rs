@@ -39,7 +39,7 @@ fn every_served_method_has_exactly_one_row_and_no_row_is_stale() {
             && served.contains("/cd.raft.v1.RaftPeer/Send"),
         "descriptor sets look wrong: {served:?}"
     );
-    let rows: Vec<&str> = TABLE.iter().map(|(p, _)| *p).collect();
+    let rows: Vec<&str> = TABLE.iter().map(|(p, _, _)| *p).collect();
     let unique: BTreeSet<&str> = rows.iter().copied().collect();
     assert_eq!(rows.len(), unique.len(), "a method has two rows");
     let missing: Vec<&String> = served
@@ -55,7 +55,7 @@ fn every_served_method_has_exactly_one_row_and_no_row_is_stale() {
         stale.is_empty(),
         "rows for methods nobody serves: {stale:?}"
     );
-    for (path, roles) in TABLE {
+    for (path, roles, _) in TABLE {
         assert!(!roles.is_empty(), "{path} allows nobody");
     }
 }
@@ -83,6 +83,10 @@ fn writes_are_operator_only_and_the_peer_and_agent_apis_are_their_roles_only() {
     assert_eq!(roles("/cd.raft.v1.RaftPeer/Send"), [Role::Coordinator]);
     assert_eq!(roles("/cd.v1.AgentService/ReportResult"), [Role::Agent]);
     assert_eq!(allowed_roles("/cd.v1.ControlService/Nope"), None);
+    assert!(is_write("/cd.v1.ControlService/StartRun") && is_write("/cd.v1.ControlService/Revoke"));
+    assert!(
+        !is_write("/cd.v1.ControlService/ListAudit") && !is_write("/cd.v1.ControlService/GetRun")
+    );
 }
 
 struct Fixture {
@@ -126,6 +130,7 @@ fn policy(revoked: &'static [&'static str]) -> Policy {
     Policy {
         trust_domain: "prod.example".into(),
         revoked: Arc::new(move |id| revoked.contains(&id.to_string().as_str())),
+        writes: None,
     }
 }
 

@@ -10,6 +10,7 @@ pub mod convert;
 mod feedback;
 mod identity;
 mod peer;
+mod rate;
 mod revoke;
 mod sessions;
 pub mod status;
@@ -44,6 +45,9 @@ pub struct Limits {
     pub max_peer_message: usize,
     /// Largest snapshot a node accepts from the leader.
     pub max_snapshot: usize,
+    /// Writes per second per identity (0: unlimited), with bursts up to `write_burst`.
+    pub write_rate: f64,
+    pub write_burst: u32,
 }
 
 impl Default for Limits {
@@ -57,6 +61,8 @@ impl Default for Limits {
             max_message: 16 * 1024 * 1024,
             max_peer_message: 64 * 1024 * 1024,
             max_snapshot: 4 * 1024 * 1024 * 1024,
+            write_rate: 0.0,
+            write_burst: 200,
         }
     }
 }
@@ -97,6 +103,8 @@ pub async fn serve(
             let node = node.clone();
             std::sync::Arc::new(move |id| node.read(|st| st.is_revoked(&id.to_string())))
         },
+        writes: rate::WriteLimiter::new(cfg.limits.write_rate, cfg.limits.write_burst)
+            .map(std::sync::Arc::new),
     };
     let cert = tls_reload::ReloadingCert::load(tls)?;
     let tls_config = tls_reload::server_config(tls, cert.clone())?;
