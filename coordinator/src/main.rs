@@ -72,6 +72,9 @@ struct ServeArgs {
     /// (the default, so benchmarks and bulk imports are not throttled unless asked).
     #[arg(long, default_value_t = 0.0)]
     write_rate: f64,
+    /// Largest request metadata (all gRPC header names and values), in bytes.
+    #[arg(long, default_value_t = 8 * 1024)]
+    max_metadata_bytes: usize,
     /// Writes one identity may make in a burst above --write-rate.
     #[arg(long, default_value_t = 200)]
     write_burst: u32,
@@ -195,6 +198,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     cfg.limits.write_rate = args.write_rate;
     cfg.limits.write_burst = args.write_burst;
+    cfg.limits.max_metadata = args.max_metadata_bytes;
     let metrics_listener = match args.metrics_listen {
         Some(a) => Some(
             tokio::net::TcpListener::bind(a)

@@ -980,6 +980,17 @@ async fn configured_bounds_and_per_identity_write_rate_limits() -> anyhow::Resul
         "{}",
         status.message()
     );
+    // Metadata past its bound is refused naming the limit (8 KiB by default).
+    let mut req = tonic::Request::new(pb::ListPipelinesRequest {});
+    req.metadata_mut()
+        .insert("x-padding", "p".repeat(10_000).parse()?);
+    let err = c.list_pipelines(req).await.expect_err("too much metadata");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("exceeds the limit of 8192 bytes"),
+        "{}",
+        err.message()
+    );
     // Reads are not limited; another operator has its own budget.
     c.list_pipelines(pb::ListPipelinesRequest {}).await?;
     let mut other = client(&s.coord.endpoint, &s.certs.tls(Role::Operator, "dana")).await?;

@@ -108,6 +108,8 @@ pub struct Policy {
     pub revoked: RevokedFn,
     /// Per-identity write rate limit; `None`: unlimited.
     pub writes: Option<Arc<super::rate::WriteLimiter>>,
+    /// Largest request metadata (all header names and values), in bytes.
+    pub max_metadata: usize,
 }
 
 impl Policy {
@@ -212,10 +214,21 @@ where
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(|i| i.peer_certs());
         let path = req.uri().path().to_string();
-        match self
-            .policy
-            .decide(&path, certs.as_deref().map(Vec::as_slice))
-        {
+        let metadata: usize = req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len())
+            .sum();
+        let decision = if metadata > self.policy.max_metadata {
+            Err(Status::resource_exhausted(format!(
+                "metadata: {metadata} bytes exceeds the limit of {} bytes",
+                self.policy.max_metadata
+            )))
+        } else {
+            self.policy
+                .decide(&path, certs.as_deref().map(Vec::as_slice))
+        };
+        match decision {
             Ok(id) => {
                 req.extensions_mut().insert(id);
                 // The clone that was made ready is the one that must be called.

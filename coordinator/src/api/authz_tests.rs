@@ -131,6 +131,7 @@ fn policy(revoked: &'static [&'static str]) -> Policy {
         trust_domain: "prod.example".into(),
         revoked: Arc::new(move |id| revoked.contains(&id.to_string().as_str())),
         writes: None,
+        max_metadata: 8192,
     }
 }
 

@@ -48,6 +48,8 @@ pub struct Limits {
     /// Writes per second per identity (0: unlimited), with bursts up to `write_burst`.
     pub write_rate: f64,
     pub write_burst: u32,
+    /// Largest request metadata (header names and values), in bytes.
+    pub max_metadata: usize,
 }
 
 impl Default for Limits {
@@ -63,6 +65,7 @@ impl Default for Limits {
             max_snapshot: 4 * 1024 * 1024 * 1024,
             write_rate: 0.0,
             write_burst: 200,
+            max_metadata: 8 * 1024,
         }
     }
 }
@@ -105,11 +108,13 @@ pub async fn serve(
         },
         writes: rate::WriteLimiter::new(cfg.limits.write_rate, cfg.limits.write_burst)
             .map(std::sync::Arc::new),
+        max_metadata: cfg.limits.max_metadata,
     };
     let cert = tls_reload::ReloadingCert::load(tls)?;
     let tls_config = tls_reload::server_config(tls, cert.clone())?;
     tokio::spawn(cert.watch(shutdown.clone()));
     let max = cfg.limits.max_message;
+    let cfg_max_metadata = cfg.limits.max_metadata;
     let control = control::ControlApi {
         node: node.clone(),
         sessions: sessions.clone(),
@@ -149,7 +154,11 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let incoming = tls_reload::incoming(listener, tls_config, shutdown.clone());
+    // HTTP/2 drops a header list past this without a gRPC status; keep it well above the
+    // limit the authorization layer checks and names.
+    let header_backstop = u32::try_from(cfg_max_metadata.saturating_mul(4)).unwrap_or(u32::MAX);
     tonic::transport::Server::builder()
+        .http2_max_header_list_size(header_backstop.max(64 * 1024))
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .layer(authz::AuthzLayer::new(policy))
         .add_service(health)
