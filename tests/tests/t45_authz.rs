@@ -1,6 +1,8 @@
 //! Authorization against a real coordinator: one table of callers that must be refused, each
 //! with a clear error, and for each the replicated state (applied index and digest) is checked
-//! unchanged afterwards, so nothing was written.
+//! unchanged afterwards, so nothing was written. Then the rest of the security work over real
+//! processes: approval timeout, revocation of a connected agent, rotation of the
+//! coordinator's certificate, configured bounds and write rate limits.
 
 use std::time::Duration;
 

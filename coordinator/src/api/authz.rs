@@ -8,7 +8,8 @@
 //!
 //! The layer refuses with UNAUTHENTICATED when the certificate carries no valid identity of
 //! this cluster (saying why), and PERMISSION_DENIED naming the caller, the method and the roles
-//! allowed. An accepted request carries the caller's [`Identity`] in its extensions, so
+//! allowed. The same layer enforces the per-identity write rate limit and the metadata bound
+//! (RESOURCE_EXHAUSTED naming the limit). An accepted request carries the caller's [`Identity`] in its extensions, so
 //! handlers (agent ownership, audit) read it from there instead of re-parsing the certificate.
 
 use std::sync::Arc;
