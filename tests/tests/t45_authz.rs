@@ -757,11 +757,33 @@ async fn an_unanswered_approval_fails_the_stage_after_its_timeout() -> anyhow::R
     Ok(())
 }
 
+/// A stage that hangs on r1 and finishes anywhere else.
+const MOVES: &str = r#"
+name: moves
+stages:
+  - name: work
+    run: |
+      if [ "$CD_AGENT" = r1 ]; then sleep 300; fi
+      echo "done on $CD_AGENT"
+"#;
+
 /// `cdctl revoke` disconnects a connected agent at once and refuses it on every reconnect,
-/// though its certificate is still valid; coordinators cannot be revoked this way.
+/// though its certificate is still valid; the stage it held moves to another agent once its
+/// lease lapses. Coordinators cannot be revoked this way.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revoked_agent_is_disconnected_and_refused_on_reconnect() -> anyhow::Result<()> {
-    let s = Single::start(&["r1", "r2"], &[], &[]).await?;
+    let fast = ["--heartbeat", "500ms"];
+    let mut s = Single::start(&["r1"], &["--lease", "3s"], &fast).await?;
+    let mut c = s.client().await?;
+    apply_pipeline(&mut c, MOVES, s.tmp.path()).await?;
+    let run_id = start_run(&mut c, "moves", &[]).await?;
+    s.wait_run(&run_id, Duration::from_secs(30), |r| {
+        stage_is(r, "work", StageState::Running)
+    })
+    .await?;
+    s.add_agent("r2", &fast)?;
+    s.wait_agents(&["r2"]).await?;
+
     let out = s
         .cdctl()
         .args([
@@ -779,7 +801,6 @@ async fn a_revoked_agent_is_disconnected_and_refused_on_reconnect() -> anyhow::R
         "{text}"
     );
 
-    let mut c = s.client().await?;
     eventually("r1 to be disconnected", Duration::from_secs(20), || {
         let mut c = c.clone();
         async move {
@@ -835,6 +856,18 @@ async fn a_revoked_agent_is_disconnected_and_refused_on_reconnect() -> anyhow::R
         "{}",
         err.message()
     );
+
+    // r1's stage is taken from it when its lease lapses and finishes on r2.
+    let run = s.wait_final(&run_id, Duration::from_secs(60)).await?;
+    assert_eq!(
+        run.state,
+        pb::RunState::Succeeded as i32,
+        "{}",
+        describe(Some(&run))
+    );
+    let attempts = &stage(&run, "work").attempts;
+    assert_eq!(attempts.first().map(|a| a.agent.as_str()), Some("r1"));
+    assert_eq!(attempts.last().map(|a| a.agent.as_str()), Some("r2"));
     Ok(())
 }
 
