@@ -106,6 +106,12 @@ pub enum Command {
     Approve(ApproveArgs),
     /// Reject a stage that waits at its promotion gate (a reason is required).
     Reject(RejectArgs),
+    /// Revoke an agent's or operator's identity: the cluster refuses its certificate from now
+    /// on, and a connected agent is disconnected. Cannot be undone; issue a new name instead.
+    Revoke(RevokeArgs),
+    /// Show the audit log: recent writes (apply, start, cancel, approve, reject, rollback,
+    /// incidents, revoke) with who made them and when. Operators only.
+    Audit(AuditArgs),
     /// Show the build agents known to the cluster.
     #[command(subcommand)]
     Agents(AgentsCommand),
@@ -188,6 +194,15 @@ pub enum CertsCommand {
     Init(CertsInitArgs),
     /// Issue a certificate and key signed by the CA (OUT/NAME.pem and OUT/NAME-key.pem).
     Issue(CertsIssueArgs),
+    /// Print a certificate's identity, role and expiry, and why a server would refuse it.
+    /// Exit code 1 when it carries no valid identity or has expired.
+    Show(CertsShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CertsShowArgs {
+    /// PEM certificate file (the first certificate in it is shown).
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -361,6 +376,25 @@ pub struct RejectArgs {
     pub stage: String,
     /// Why the change must not be promoted (required).
     #[arg(long, value_parser = parse_nonempty)]
+    pub reason: String,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Newest entries to show.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// Only this caller (a name such as `alice`, or a full spiffe:// identity).
+    #[arg(long)]
+    pub identity: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// The identity to revoke: spiffe://<trust-domain>/<role>/<name> (see `cdctl certs show`).
+    pub identity: String,
+    /// Why (recorded with the revocation).
+    #[arg(long, default_value = "")]
     pub reason: String,
 }
 

@@ -286,6 +286,20 @@ impl ControlService for Fake {
     ) -> Result<Response<cd_proto::v1::Metrics>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn list_audit(
+        &self,
+        _: Request<cd_proto::v1::ListAuditRequest>,
+    ) -> Result<Response<cd_proto::v1::ListAuditResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn revoke(
+        &self,
+        _: Request<cd_proto::v1::RevokeRequest>,
+    ) -> Result<Response<cd_proto::v1::RevokeResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 struct Cluster {

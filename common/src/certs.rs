@@ -270,6 +270,103 @@ pub fn issue(
     Ok(files)
 }
 
+/// Issues a client certificate with exactly the given URI SANs and validity window, skipping
+/// every identity check `issue` makes. For tests of refusals (no, malformed or foreign
+/// identities; expired certificates): never use it to issue real certificates.
+pub fn issue_unchecked(
+    ca_dir: &Path,
+    out_dir: &Path,
+    file_stem: &str,
+    uris: &[&str],
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+) -> Result<IssuedFiles, CertError> {
+    let ca = LoadedCa::load(ca_dir)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, file_stem);
+    params.subject_alt_names = uris
+        .iter()
+        .map(|u| ia5(u).map(SanType::URI))
+        .collect::<Result<_, _>>()?;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let key = KeyPair::generate().map_err(generate)?;
+    let cert = params.signed_by(&key, &ca.issuer).map_err(generate)?;
+    let files = IssuedFiles {
+        cert: out_dir.join(format!("{file_stem}.pem")),
+        key: out_dir.join(format!("{file_stem}-key.pem")),
+    };
+    create_dir(out_dir)?;
+    write_file(&files.key, key.serialize_pem().as_bytes(), true, false)?;
+    write_file(&files.cert, cert.pem().as_bytes(), false, false)?;
+    Ok(files)
+}
+
+/// What `cdctl certs show` prints about a certificate.
+#[derive(Debug, Clone)]
+pub struct CertSummary {
+    pub subject: String,
+    pub issuer: String,
+    /// Unix seconds.
+    pub not_before: i64,
+    /// Unix seconds.
+    pub not_after: i64,
+    /// The SPIFFE identity, or why the certificate has no valid one (a server refuses it).
+    pub identity: Result<Identity, String>,
+    /// DNS names and IP addresses it is valid for (coordinators).
+    pub dns_and_ips: Vec<String>,
+}
+
+/// Summarises the first certificate of a PEM file.
+pub fn describe_pem_file(path: &Path) -> Result<CertSummary, CertError> {
+    let text = read_text(path)?;
+    let der = pem_certificate(&text)
+        .map_err(|why| CertError::Io(format!("{}: {why}", path.display())))?;
+    describe(&der).map_err(|e| CertError::Io(format!("{}: {e}", path.display())))
+}
+
+/// Summarises a DER certificate.
+pub fn describe(der: &[u8]) -> Result<CertSummary, CertError> {
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| CertError::Identity(format!("not an X.509 certificate: {e}")))?;
+    let mut dns_and_ips = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(d) => dns_and_ips.push((*d).to_string()),
+                GeneralName::IPAddress(b) => match b.len() {
+                    4 => dns_and_ips.push(
+                        IpAddr::from(<[u8; 4]>::try_from(*b).unwrap_or_default()).to_string(),
+                    ),
+                    16 => dns_and_ips.push(
+                        IpAddr::from(<[u8; 16]>::try_from(*b).unwrap_or_default()).to_string(),
+                    ),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    Ok(CertSummary {
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+        identity: identity_from_der(der).map_err(|e| match e {
+            CertError::Identity(m) => m,
+            other => other.to_string(),
+        }),
+        dns_and_ips,
+    })
+}
+
 /// Reads the SPIFFE identity out of a DER certificate.
 pub fn identity_from_der(der: &[u8]) -> Result<Identity, CertError> {
     let (_, cert) = X509Certificate::from_der(der)
@@ -313,6 +410,14 @@ pub fn ca_trust_domain(der: &[u8]) -> Result<String, CertError> {
     let (_, cert) = X509Certificate::from_der(der)
         .map_err(|e| CertError::Identity(format!("not an X.509 certificate: {e}")))?;
     trust_domain_of(&cert)
+}
+
+/// The trust domain of the CA certificate in a PEM file (see [`ca_trust_domain`]).
+pub fn ca_trust_domain_file(path: &Path) -> Result<String, CertError> {
+    let text = read_text(path)?;
+    let der = pem_certificate(&text)
+        .map_err(|why| CertError::Io(format!("{}: {why}", path.display())))?;
+    ca_trust_domain(&der)
 }
 
 fn trust_domain_of(cert: &X509Certificate) -> Result<String, CertError> {

@@ -78,6 +78,38 @@ pub fn server_tls_without_client_auth(paths: &TlsPaths) -> Result<rustls::Server
         .map_err(|e| invalid(KEY, &paths.key, e.to_string()))
 }
 
+/// The certificate chain and key in `paths`, checked as `server_tls` checks them, ready for a
+/// rustls server whose certificate can be swapped while it runs (rotation).
+pub fn certified_key(paths: &TlsPaths) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    let cert = read(CERT, &paths.cert)?;
+    let chain = certificates(CERT, &paths.cert, &cert)?;
+    let key = read(KEY, &paths.key)?;
+    let key_der = private_key(&paths.key, &key)?;
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(chain, key_der, &provider).map_err(|err| {
+        invalid(
+            KEY,
+            &paths.key,
+            format!(
+                "it cannot be used with the certificate in {}: {err}",
+                paths.cert.display()
+            ),
+        )
+    })
+}
+
+/// The cluster CA in `paths` as the roots client certificates must chain to.
+pub fn ca_roots(paths: &TlsPaths) -> Result<rustls::RootCertStore, TlsError> {
+    let ca = read(CA, &paths.ca)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in certificates(CA, &paths.ca, &ca)? {
+        roots
+            .add(der)
+            .map_err(|e| invalid(CA, &paths.ca, e.to_string()))?;
+    }
+    Ok(roots)
+}
+
 /// Client side: trusts only `ca`, presents `cert`/`key`, and checks the server as `domain`.
 pub fn client_tls(paths: &TlsPaths, domain: &str) -> Result<ClientTlsConfig, TlsError> {
     let files = load(paths)?;

@@ -37,6 +37,8 @@ stages:
       metrics:
         - { name: accuracy, from: acceptance, min: 0.90, max_regression: 0.01 }  # vs production
       approvals: 1
+      approvers: [alice, "spiffe://conveyor.local/operator/bob", "role:operator"]
+      approval_timeout: 30m
     run: ./deploy.sh production
     rollback: ./deploy.sh production --rollback
   - name: monitor
@@ -112,6 +114,12 @@ fn design_example_parses_to_the_expected_spec() {
                 max_regression: Some(0.01),
             }],
             approvals: 1,
+            approvers: vec![
+                "alice".to_string(),
+                "spiffe://conveyor.local/operator/bob".to_string(),
+                "role:operator".to_string(),
+            ],
+            approval_timeout_ms: Some(30 * 60 * 1000),
         }),
         rollback: Some("./deploy.sh production --rollback".to_string()),
         ..stage(

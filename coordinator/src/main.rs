@@ -62,6 +62,22 @@ struct ServeArgs {
     /// Snapshot the state and compact the Raft log after this many entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
+    /// Largest pipeline spec accepted, in bytes.
+    #[arg(long, default_value_t = cd_common::spec::MAX_SPEC_BYTES)]
+    max_spec_bytes: usize,
+    /// Largest log chunk (and total result error text) an agent may send, in bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    max_log_chunk_bytes: usize,
+    /// Writes (apply, start, cancel, approve, ...) per second per identity; 0: unlimited
+    /// (the default, so benchmarks and bulk imports are not throttled unless asked).
+    #[arg(long, default_value_t = 0.0)]
+    write_rate: f64,
+    /// Largest request metadata (all gRPC header names and values), in bytes.
+    #[arg(long, default_value_t = 8 * 1024)]
+    max_metadata_bytes: usize,
+    /// Writes one identity may make in a burst above --write-rate.
+    #[arg(long, default_value_t = 200)]
+    write_burst: u32,
     /// Every initial member as ID=URL, comma-separated, the same on every node, e.g.
     /// `1=https://10.0.0.1:7400,2=https://10.0.0.2:7400,3=https://10.0.0.3:7400`.
     /// Omit to run a cluster of one.
@@ -173,6 +189,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     cfg.fault_injection = args.enable_fault_injection;
     cfg.lease = args.lease;
     cfg.snapshot_every = args.snapshot_every;
+    anyhow::ensure!(
+        args.max_spec_bytes <= cd_common::spec::MAX_SPEC_BYTES,
+        "--max-spec-bytes may not exceed the parser's own bound of {} bytes",
+        cd_common::spec::MAX_SPEC_BYTES
+    );
+    cfg.limits.max_spec = args.max_spec_bytes;
+    cfg.limits.max_log_chunk = args.max_log_chunk_bytes;
+    anyhow::ensure!(
+        args.write_rate >= 0.0 && args.write_rate.is_finite(),
+        "--write-rate must be a number of writes per second, 0 or more"
+    );
+    cfg.limits.write_rate = args.write_rate;
+    cfg.limits.write_burst = args.write_burst;
+    cfg.limits.max_metadata = args.max_metadata_bytes;
     let metrics_listener = match args.metrics_listen {
         Some(a) => Some(
             tokio::net::TcpListener::bind(a)

@@ -80,6 +80,22 @@ impl Certs {
     pub fn operator(&self) -> TlsPaths {
         self.tls(Role::Operator, "operator")
     }
+
+    /// A client certificate signed by this CA with exactly `uris` as URI SANs and the given
+    /// validity (offsets from now, in seconds), for tests of refused identities.
+    pub fn custom(&self, stem: &str, uris: &[&str], from_s: i64, until_s: i64) -> TlsPaths {
+        let now = time::OffsetDateTime::now_utc();
+        certs::issue_unchecked(
+            &self.dir,
+            &self.dir,
+            stem,
+            uris,
+            now + time::Duration::seconds(from_s),
+            now + time::Duration::seconds(until_s),
+        )
+        .expect("issue custom certificate");
+        TlsPaths::in_dir(&self.dir, stem)
+    }
 }
 
 /// A child process killed (SIGKILL) on drop.

@@ -9,6 +9,7 @@ pub mod env;
 pub mod feedback;
 pub mod logs;
 pub mod pipeline;
+pub mod revoke;
 pub mod run;
 
 use std::io::Write;
@@ -86,12 +87,14 @@ pub fn print_json(value: &Value) -> anyhow::Result<()> {
 pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     let ctx = Ctx::new(&cli);
     match cli.command {
-        Command::Certs(cmd) => certs::run(&ctx, cmd).map(|()| 0),
+        Command::Certs(cmd) => certs::run(&ctx, cmd),
         Command::Pipeline(cmd) => pipeline::run(&ctx, cmd).await.map(|()| 0),
         Command::Run(cmd) => run::run(&ctx, cmd).await,
         Command::Logs(args) => logs::run(&ctx, args).await.map(|()| 0),
         Command::Approve(args) => approve::approve(&ctx, args).await.map(|()| 0),
         Command::Reject(args) => approve::reject(&ctx, args).await.map(|()| 0),
+        Command::Revoke(args) => revoke::run(&ctx, args).await.map(|()| 0),
+        Command::Audit(args) => revoke::audit(&ctx, args).await.map(|()| 0),
         Command::Agents(cmd) => agents::run(&ctx, cmd).await.map(|()| 0),
         Command::Env(cmd) => env::run(&ctx, cmd).await.map(|()| 0),
         Command::Rollback(args) => env::rollback(&ctx, args).await,

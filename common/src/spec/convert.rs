@@ -113,7 +113,13 @@ const HTTP_FIELDS: &[&str] = &["url", "expect_status", "timeout"];
 pub const MAX_FAILURE_THRESHOLD: u32 = 1000;
 const RESOURCE_FIELDS: &[&str] = &["cpus", "memory"];
 const REPORT_FIELDS: &[&str] = &["junit", "metrics"];
-const GATE_FIELDS: &[&str] = &["tests", "metrics", "approvals"];
+const GATE_FIELDS: &[&str] = &[
+    "tests",
+    "metrics",
+    "approvals",
+    "approvers",
+    "approval_timeout",
+];
 const TESTS_FIELDS: &[&str] = &["from", "min_pass_rate"];
 const METRIC_FIELDS: &[&str] = &["name", "from", "min", "max", "max_regression"];
 
@@ -950,10 +956,27 @@ fn gate(field: &Field, ids: &mut StageIds) -> R<GateSpec> {
         Some(f) => f.whole(u32::MAX)?,
         None => 0,
     };
+    let approvers = match fields.get("approvers") {
+        Some(f) => f.strings(super::approver_problem)?.0,
+        None => Vec::new(),
+    };
+    let approval_timeout_ms = fields
+        .get("approval_timeout")
+        .map(|f| positive_duration(&f, "approval_timeout"))
+        .transpose()?;
+    if approvals == 0
+        && let Some(f) = fields
+            .get("approvers")
+            .or_else(|| fields.get("approval_timeout"))
+    {
+        return Err(f.fail("needs `approvals` of at least 1 (nobody is asked to approve)"));
+    }
     Ok(GateSpec {
         tests,
         metrics,
         approvals,
+        approvers,
+        approval_timeout_ms,
     })
 }
 

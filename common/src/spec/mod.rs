@@ -26,6 +26,7 @@
 //! The image reference and these values follow Docker's own rules (see `container`), so an
 //! accepted stage is one the executor can start.
 
+mod approvers;
 mod container;
 mod convert;
 mod node;
@@ -33,6 +34,7 @@ mod triggers;
 mod types;
 mod validate;
 
+pub use approvers::{approver_problem, may_approve};
 pub use container::{
     MAX_CPUS, MAX_IMAGE_NAME_LEN, MAX_MEMORY_BYTES, MAX_USER_LEN, MIN_CPUS, MIN_MEMORY_BYTES,
 };

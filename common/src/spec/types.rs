@@ -265,6 +265,12 @@ pub struct GateSpec {
     pub metrics: Vec<MetricGate>,
     /// Operator approvals required before the stage runs.
     pub approvals: u32,
+    /// Who may approve or reject (see `approvers.rs`); empty: any operator.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// How long the stage may wait for approval before it fails (ms); `None`: forever.
+    #[serde(default)]
+    pub approval_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

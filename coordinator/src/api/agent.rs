@@ -13,6 +13,7 @@ use tracing::{Instrument, info, info_span, instrument, warn};
 
 use super::ApiConfig;
 use super::convert;
+use super::identity;
 use super::sessions::Sessions;
 use super::status::{from_propose, invalid};
 use crate::raft::{AppliedEvent, ProposeError, RaftHandle};
@@ -54,6 +55,26 @@ fn assignment_msg(a: pb::Assignment) -> pb::AgentMessage {
 }
 
 impl AgentApi {
+    /// Refuses, before anything is proposed, a claim on an attempt that another agent holds.
+    /// (Apply fences the same way; this only keeps such a request out of the log.)
+    fn check_owner(&self, k: &AttemptKey) -> Result<(), Status> {
+        let holder = self.node.read(|st| {
+            st.runs
+                .get(&k.run_id)
+                .and_then(|run| run.stage(&k.stage))
+                .and_then(|s| s.live_attempt())
+                .filter(|a| a.number == k.attempt && a.agent != k.agent)
+                .map(|a| a.agent.clone())
+        });
+        match holder {
+            None => Ok(()),
+            Some(holder) => Err(Status::permission_denied(format!(
+                "attempt {} of {}/{} belongs to agent {holder}, not {}",
+                k.attempt, k.run_id, k.stage, k.agent
+            ))),
+        }
+    }
+
     /// Every attempt currently held by `agent`, as assignments (sent on every (re)connect).
     fn live_assignments(&self, agent: &str) -> Vec<pb::AgentMessage> {
         self.node.read(|st| {
@@ -110,6 +131,8 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::ConnectRequest>,
     ) -> Result<Response<Self::AttachStream>, Status> {
+        identity::require_agent(&req, &req.get_ref().agent)?;
+        let me = identity::caller(&req);
         let r = req.into_inner();
         valid_name("agent", &r.agent)?;
         if r.slots == 0 || r.slots > 1024 {
@@ -158,6 +181,11 @@ impl AgentService for AgentApi {
                             break;
                         }
                         ev = events.recv() => match ev {
+                            Ok(ev) if matches!(&ev.event, Event::Revoked { identity } if *identity == me) => {
+                                warn!("identity revoked; closing the agent's stream");
+                                let _ = tx.send(Err(Status::unauthenticated(format!("{me} has been revoked")))).await;
+                                break;
+                            }
                             Ok(ev) => api.event_msg(&agent, &ev).map(|m| vec![m]).unwrap_or_default(),
                             Err(broadcast::error::RecvError::Lagged(n)) => {
                                 warn!(missed = n, "event stream lagged; resending live assignments");
@@ -184,6 +212,7 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        identity::require_agent(&req, &req.get_ref().agent)?;
         let r = req.into_inner();
         valid_name("agent", &r.agent)?;
         let lease_until_ms = cd_common::time::now_ms() + self.cfg.lease.as_millis() as i64;
@@ -221,8 +250,10 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::StartAttemptRequest>,
     ) -> Result<Response<pb::StartAttemptResponse>, Status> {
+        identity::require_agent(&req, &req.get_ref().agent)?;
         let r = req.into_inner();
         let k = key(&r.agent, r.attempt)?;
+        self.check_owner(&k)?;
         self.node
             .propose(Kind::StartAttempt(k))
             .await
@@ -234,6 +265,7 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::PushLogsRequest>,
     ) -> Result<Response<pb::PushLogsResponse>, Status> {
+        identity::require_agent(&req, &req.get_ref().agent)?;
         let r = req.into_inner();
         let limits = &self.cfg.limits;
         if r.chunks.len() > limits.max_chunks_per_push {
@@ -258,8 +290,10 @@ impl AgentService for AgentApi {
             // Checked here, on the leader, so apply never meets a chunk it cannot decode.
             cd_common::logcodec::decode(&c.data, c.encoding, limits.max_log_chunk)
                 .map_err(|e| invalid("chunks.data", e.to_string()))?;
+            let k = key(&r.agent, c.attempt)?;
+            self.check_owner(&k)?;
             chunks.push(cmd::LogChunk {
-                key: Some(key(&r.agent, c.attempt)?),
+                key: Some(k),
                 seq: c.seq,
                 data: c.data,
                 encoding: c.encoding,
@@ -293,8 +327,10 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::ReportResultRequest>,
     ) -> Result<Response<pb::ReportResultResponse>, Status> {
+        identity::require_agent(&req, &req.get_ref().agent)?;
         let r = req.into_inner();
         let k = key(&r.agent, r.attempt)?;
+        self.check_owner(&k)?;
         let result = r.result.ok_or_else(|| invalid("result", "missing"))?;
         let limits = &self.cfg.limits;
         if result.metrics.len() > limits.max_metrics {

@@ -61,12 +61,21 @@ impl ControlApi {
         p
     }
 
+    /// Proposes a caller's write wrapped for the audit log (`state/audit.rs`).
+    pub(super) async fn propose_as(&self, who: &str, kind: Kind) -> Result<Outcome, Status> {
+        self.node
+            .propose(crate::state::audit::as_caller(who.to_string(), kind))
+            .await
+            .map_err(from_propose)
+    }
+
     async fn propose_then_run(
         &self,
+        who: &str,
         kind: Kind,
         run_id: &str,
     ) -> Result<Response<pb::Run>, Status> {
-        self.node.propose(kind).await.map_err(from_propose)?;
+        self.propose_as(who, kind).await?;
         Ok(Response::new(self.run_pb(run_id)?))
     }
 }
@@ -81,6 +90,7 @@ impl ControlService for ControlApi {
         &self,
         req: Request<pb::ApplyPipelineRequest>,
     ) -> Result<Response<pb::ApplyPipelineResponse>, Status> {
+        let who = identity::caller(&req);
         let r = req.into_inner();
         let max = self.cfg.limits.max_spec;
         if r.spec_yaml.len() > max {
@@ -106,15 +116,16 @@ impl ControlService for ControlApi {
         let spec_json =
             serde_json::to_string(&spec).map_err(|e| Status::internal(e.to_string()))?;
         let out = self
-            .node
-            .propose(Kind::ApplyPipeline(cmd::ApplyPipeline {
-                name: name.clone(),
-                spec_yaml: r.spec_yaml,
-                file_name: file.to_string(),
-                spec_json,
-            }))
-            .await
-            .map_err(from_propose)?;
+            .propose_as(
+                &who,
+                Kind::ApplyPipeline(cmd::ApplyPipeline {
+                    name: name.clone(),
+                    spec_yaml: r.spec_yaml,
+                    file_name: file.to_string(),
+                    spec_json,
+                }),
+            )
+            .await?;
         let changed = matches!(out, Outcome::Pipeline { changed: true, .. });
         let pipeline = self.node.read(|st| {
             st.pipelines
@@ -170,6 +181,7 @@ impl ControlService for ControlApi {
         &self,
         req: Request<pb::StartRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
+        let who = identity::caller(&req);
         let r = req.into_inner();
         if r.pipeline.is_empty() {
             return Err(invalid("pipeline", "required"));
@@ -198,16 +210,17 @@ impl ControlService for ControlApi {
             ));
         }
         let out = self
-            .node
-            .propose(Kind::StartRun(cmd::StartRun {
-                pipeline: r.pipeline,
-                revision: r.revision,
-                params: r.params.into_iter().collect::<BTreeMap<_, _>>(),
-                trigger: r.trigger,
-                commit_at_ms: r.commit_at_ms,
-            }))
-            .await
-            .map_err(from_propose)?;
+            .propose_as(
+                &who,
+                Kind::StartRun(cmd::StartRun {
+                    pipeline: r.pipeline,
+                    revision: r.revision,
+                    params: r.params.into_iter().collect::<BTreeMap<_, _>>(),
+                    trigger: r.trigger,
+                    commit_at_ms: r.commit_at_ms,
+                }),
+            )
+            .await?;
         match out {
             Outcome::Run(id) => Ok(Response::new(self.run_pb(&id)?)),
             _ => Err(Status::internal("start run answered without a run id")),
@@ -279,6 +292,7 @@ impl ControlService for ControlApi {
             format!("{} (by {who})", r.reason)
         };
         self.propose_then_run(
+            &who,
             Kind::CancelRun(cmd::CancelRun {
                 run_id: r.run_id.clone(),
                 reason,
@@ -426,7 +440,11 @@ impl ControlService for ControlApi {
     async fn approve(&self, req: Request<pb::ApproveRequest>) -> Result<Response<pb::Run>, Status> {
         let identity = identity::caller(&req);
         let r = req.into_inner();
+        self.node
+            .read(|st| st.check_approver(&r.run_id, &r.stage, &identity))
+            .map_err(super::status::from_state)?;
         self.propose_then_run(
+            &identity.clone(),
             Kind::Approve(cmd::Approve {
                 run_id: r.run_id.clone(),
                 stage: r.stage,
@@ -448,7 +466,11 @@ impl ControlService for ControlApi {
                 "required: say why the change is rejected",
             ));
         }
+        self.node
+            .read(|st| st.check_approver(&r.run_id, &r.stage, &identity))
+            .map_err(super::status::from_state)?;
         self.propose_then_run(
+            &identity.clone(),
             Kind::Reject(cmd::Reject {
                 run_id: r.run_id.clone(),
                 stage: r.stage,
@@ -543,13 +565,14 @@ impl ControlService for ControlApi {
             format!("{} (by {who})", r.reason)
         };
         let out = self
-            .node
-            .propose(Kind::Rollback(cmd::Rollback {
-                environment: r.environment,
-                reason,
-            }))
-            .await
-            .map_err(from_propose)?;
+            .propose_as(
+                &who,
+                Kind::Rollback(cmd::Rollback {
+                    environment: r.environment,
+                    reason,
+                }),
+            )
+            .await?;
         match out {
             Outcome::Run(id) => Ok(Response::new(self.run_pb(&id)?)),
             _ => Err(Status::internal("rollback answered without a run id")),
@@ -577,6 +600,45 @@ impl ControlService for ControlApi {
         req: Request<pb::ListIncidentsRequest>,
     ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
         self.list_incidents_impl(req).await
+    }
+
+    async fn revoke(
+        &self,
+        req: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        self.revoke_impl(req).await
+    }
+
+    async fn list_audit(
+        &self,
+        req: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        self.barrier(&req).await?;
+        let r = req.into_inner();
+        let limit = if r.limit == 0 { 100 } else { r.limit as usize };
+        let entries = self.node.read(|st| {
+            let mut out: Vec<pb::AuditEntry> = st
+                .audit
+                .iter()
+                .rev()
+                .filter(|e| {
+                    r.identity.is_empty()
+                        || e.identity == r.identity
+                        || e.identity.rsplit('/').next() == Some(r.identity.as_str())
+                })
+                .take(limit)
+                .map(|e| pb::AuditEntry {
+                    seq: e.seq,
+                    at_ms: e.at_ms,
+                    identity: e.identity.clone(),
+                    action: e.action.clone(),
+                    target: e.target.clone(),
+                })
+                .collect();
+            out.reverse();
+            out
+        });
+        Ok(Response::new(pb::ListAuditResponse { entries }))
     }
 
     async fn get_metrics(

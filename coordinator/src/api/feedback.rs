@@ -5,7 +5,7 @@ use cd_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::control::ControlApi;
-use super::status::{from_propose, invalid};
+use super::status::invalid;
 use super::{convert, identity};
 use crate::state::command as cmd;
 use crate::state::{Kind, MAX_INCIDENT_TEXT as MAX_TEXT, Outcome, metrics};
@@ -39,14 +39,15 @@ impl ControlApi {
         }
         check_text("reason", &r.reason, true)?;
         let out = self
-            .node
-            .propose(Kind::OpenIncident(cmd::OpenIncident {
-                environment: r.environment,
-                reason: r.reason,
-                identity: who,
-            }))
-            .await
-            .map_err(from_propose)?;
+            .propose_as(
+                &who.clone(),
+                Kind::OpenIncident(cmd::OpenIncident {
+                    environment: r.environment,
+                    reason: r.reason,
+                    identity: who,
+                }),
+            )
+            .await?;
         self.answered_incident(out)
     }
 
@@ -61,14 +62,15 @@ impl ControlApi {
         }
         check_text("note", &r.note, false)?;
         let out = self
-            .node
-            .propose(Kind::ResolveIncident(cmd::ResolveIncident {
-                id: r.id,
-                identity: who,
-                note: r.note,
-            }))
-            .await
-            .map_err(from_propose)?;
+            .propose_as(
+                &who.clone(),
+                Kind::ResolveIncident(cmd::ResolveIncident {
+                    id: r.id,
+                    identity: who,
+                    note: r.note,
+                }),
+            )
+            .await?;
         self.answered_incident(out)
     }
 

@@ -3,15 +3,33 @@
 use cd_common::certs::{Identity, Role};
 use tonic::{Request, Status};
 
-/// The caller's identity, if its certificate carries a valid one.
+/// The caller's identity: the one the authorization layer accepted (`authz`), or else the
+/// one in its certificate.
 pub fn identity<T>(req: &Request<T>) -> Option<Identity> {
+    if let Some(id) = req.extensions().get::<Identity>() {
+        return Some(id.clone());
+    }
     req.peer_certs()
         .and_then(|certs| certs.first().cloned())
         .and_then(|c| cd_common::certs::identity_from_der(c.as_ref()).ok())
 }
 
+/// Refuses an agent that names another agent in its request: an agent acts only as itself
+/// (its certificate's name), so it can neither register, heartbeat nor report for another.
+pub fn require_agent<T>(req: &Request<T>, claimed: &str) -> Result<(), Status> {
+    let id = require_role(req, Role::Agent)?;
+    if id.name == claimed {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "{id} may act only as agent {}, not as agent {claimed:?} (field agent)",
+            id.name
+        )))
+    }
+}
+
 /// The caller's identity as text (`spiffe://td/role/name`), or `unknown` when the certificate
-/// carries none (per-role authorization of the public API is a later change).
+/// carries none (the authorization layer refuses such callers before any handler runs).
 pub fn caller<T>(req: &Request<T>) -> String {
     identity(req).map_or_else(|| "unknown".to_string(), |id| id.to_string())
 }

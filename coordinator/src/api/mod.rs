@@ -3,14 +3,18 @@
 //! below this folder sees a tonic type.
 
 mod agent;
+pub mod authz;
 mod cluster;
 mod control;
 pub mod convert;
 mod feedback;
 mod identity;
 mod peer;
+mod rate;
+mod revoke;
 mod sessions;
 pub mod status;
+pub mod tls_reload;
 
 use std::time::Duration;
 
@@ -41,6 +45,11 @@ pub struct Limits {
     pub max_peer_message: usize,
     /// Largest snapshot a node accepts from the leader.
     pub max_snapshot: usize,
+    /// Writes per second per identity (0: unlimited), with bursts up to `write_burst`.
+    pub write_rate: f64,
+    pub write_burst: u32,
+    /// Largest request metadata (header names and values), in bytes.
+    pub max_metadata: usize,
 }
 
 impl Default for Limits {
@@ -54,6 +63,9 @@ impl Default for Limits {
             max_message: 16 * 1024 * 1024,
             max_peer_message: 64 * 1024 * 1024,
             max_snapshot: 4 * 1024 * 1024 * 1024,
+            write_rate: 0.0,
+            write_burst: 200,
+            max_metadata: 8 * 1024,
         }
     }
 }
@@ -77,6 +89,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(String),
+    #[error("CA certificate: {0}")]
+    Ca(#[from] cd_common::certs::CertError),
 }
 
 /// Serves every service on `listener` until `shutdown` fires.
@@ -88,8 +102,21 @@ pub async fn serve(
     cfg: ApiConfig,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let tls = cd_common::tls::server_tls(tls)?;
+    let policy = authz::Policy {
+        trust_domain: cd_common::certs::ca_trust_domain_file(&tls.ca)?,
+        revoked: {
+            let node = node.clone();
+            std::sync::Arc::new(move |id| node.read(|st| st.is_revoked(&id.to_string())))
+        },
+        writes: rate::WriteLimiter::new(cfg.limits.write_rate, cfg.limits.write_burst)
+            .map(std::sync::Arc::new),
+        max_metadata: cfg.limits.max_metadata,
+    };
+    let cert = tls_reload::ReloadingCert::load(tls)?;
+    let tls_config = tls_reload::server_config(tls, cert.clone())?;
+    tokio::spawn(cert.watch(shutdown.clone()));
     let max = cfg.limits.max_message;
+    let cfg_max_metadata = cfg.limits.max_metadata;
     let control = control::ControlApi {
         node: node.clone(),
         sessions: sessions.clone(),
@@ -128,12 +155,14 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    // Small replies (assignments, commit answers, log acks) must not wait for a delayed ACK:
-    // tonic ignores its own nodelay setting for a listener we hand it, so set it here.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = tls_reload::incoming(listener, tls_config, shutdown.clone());
+    // HTTP/2 drops a header list past this without a gRPC status; keep it well above the
+    // limit the authorization layer checks and names.
+    let header_backstop = u32::try_from(cfg_max_metadata.saturating_mul(4)).unwrap_or(u32::MAX);
     tonic::transport::Server::builder()
-        .tls_config(tls)?
+        .http2_max_header_list_size(header_backstop.max(64 * 1024))
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .layer(authz::AuthzLayer::new(policy))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)

@@ -19,6 +19,7 @@ pub fn from_state(e: StateError) -> Status {
         }
         StateError::FailedPrecondition(m) => Status::failed_precondition(m),
         StateError::Stale(m) => Status::failed_precondition(format!("stale attempt: {m}")),
+        StateError::PermissionDenied(m) => Status::permission_denied(m),
     }
 }
 

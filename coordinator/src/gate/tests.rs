@@ -42,6 +42,7 @@ fn spec(approvals: u32) -> GateSpec {
             max_regression: Some(0.02),
         }],
         approvals,
+        ..Default::default()
     }
 }
 

@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::state::command::{AssignStage, AttemptKey, ExpireAttempt};
-use crate::state::{Kind, State};
+use crate::state::command::{AssignStage, AttemptKey, ExpireApproval, ExpireAttempt};
+use crate::state::{Kind, StageState, State};
 
 /// The label agents with a working Docker engine advertise.
 pub const DOCKER_LABEL: &str = "docker";
@@ -52,6 +52,26 @@ pub fn plan(st: &State, input: &PlanInput<'_>) -> Vec<Kind> {
                 timed_out: false,
                 reason: format!("lease lapsed: agent {} stopped renewing it", a.agent),
             }));
+        }
+    }
+    // Approvals that waited past their `gate.approval_timeout` fail the stage.
+    for run in st.runs.values().filter(|r| r.finished_ms == 0) {
+        for stage in &run.stages {
+            if stage.state != StageState::AwaitingApproval {
+                continue;
+            }
+            let timeout = st
+                .stage_spec(run, &stage.name)
+                .and_then(|s| s.gate.as_ref())
+                .and_then(|g| g.approval_timeout_ms);
+            if let Some(t) = timeout
+                && input.now_ms >= stage.awaiting_since_ms + t as i64
+            {
+                out.push(Kind::ExpireApproval(ExpireApproval {
+                    run_id: run.id.clone(),
+                    stage: stage.name.clone(),
+                }));
+            }
         }
     }
     for (run, stage) in st.queued_stages() {

@@ -18,7 +18,7 @@ pub struct Command {
     pub at_ms: i64,
     #[prost(
         oneof = "Kind",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 30, 31"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 30, 31, 40, 41, 42"
     )]
     pub kind: Option<Kind>,
 }
@@ -59,6 +59,46 @@ pub enum Kind {
     ResolveIncident(ResolveIncident),
     #[prost(message, tag = "24")]
     TriggerRun(TriggerRun),
+    /// A stage waited longer than its `gate.approval_timeout`: it fails (proposed by the
+    /// leader's scheduler; apply checks the deadline against `at_ms`).
+    #[prost(message, tag = "40")]
+    ExpireApproval(ExpireApproval),
+    /// An agent's or operator's identity is refused from now on (`cdctl revoke`).
+    #[prost(message, tag = "41")]
+    Revoke(Revoke),
+    /// A write made by an API caller: applies `command` and records it in the audit log
+    /// with `identity` (one envelope, so no write command needs its own identity field).
+    #[prost(message, tag = "42")]
+    AsCaller(AsCaller),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AsCaller {
+    /// `spiffe://...` of the caller.
+    #[prost(string, tag = "1")]
+    pub identity: String,
+    #[prost(message, optional, boxed, tag = "2")]
+    pub command: Option<Box<Command>>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Revoke {
+    /// `spiffe://<trust-domain>/<role>/<name>`.
+    #[prost(string, tag = "1")]
+    pub identity: String,
+    #[prost(string, tag = "2")]
+    pub reason: String,
+    /// The operator who revoked it.
+    #[prost(string, tag = "3")]
+    pub by: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ExpireApproval {
+    #[prost(string, tag = "1")]
+    pub run_id: String,
+    #[prost(string, tag = "2")]
+    pub stage: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

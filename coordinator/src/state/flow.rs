@@ -179,6 +179,9 @@ pub(super) fn apply_gate_decision(
             stage.reason = format!("gate failed: {summary}");
         }
         GateOutcome::Inconclusive | GateOutcome::WaitingApproval => {
+            if stage.state != StageState::AwaitingApproval {
+                stage.awaiting_since_ms = at;
+            }
             stage.state = StageState::AwaitingApproval;
             stage.reason = format!("awaiting approval: {summary}");
         }

@@ -3,6 +3,7 @@
 //! command, so every node that applies the same log reaches the same state.
 
 mod attempts;
+pub mod audit;
 pub mod command;
 mod concurrency;
 mod deploy;
@@ -11,9 +12,12 @@ mod incidents;
 pub mod metrics;
 pub mod model;
 mod pipelines;
+mod revocation;
 mod runs;
 mod triggers;
 
+#[cfg(test)]
+mod approval_tests;
 #[cfg(test)]
 mod concurrency_tests;
 #[cfg(test)]
@@ -32,6 +36,7 @@ use serde::{Deserialize, Serialize};
 pub use command::{AttemptKey, Command, Kind};
 pub use incidents::MAX_TEXT as MAX_INCIDENT_TEXT;
 pub use model::*;
+pub use revocation::Revocation;
 
 /// Version of the snapshot encoding of `State`.
 pub const SNAPSHOT_VERSION: u32 = 1;
@@ -60,6 +65,13 @@ pub struct State {
     /// Environment -> the run deploying to it now (the deploy lock).
     #[serde(default)]
     pub env_locks: BTreeMap<String, String>,
+    /// Revoked identities (`spiffe://...` text): refused on every call. Skipped when empty so
+    /// states without revocations keep their digest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub revoked: BTreeMap<String, Revocation>,
+    /// The most recent writes with the caller's identity (`audit.rs`), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audit: Vec<audit::AuditEntry>,
 }
 
 /// What apply tells the world besides its answer: the store writes `LogAppended` durably; the
@@ -92,6 +104,10 @@ pub enum Event {
     },
     /// A stage became queued: the scheduler has work.
     StageQueued,
+    /// An identity was revoked: its open streams are closed.
+    Revoked {
+        identity: String,
+    },
 }
 
 /// Acknowledgement of log chunks for one attempt.
@@ -122,6 +138,8 @@ pub enum Outcome {
     AlreadyTriggered {
         run_id: String,
     },
+    /// Whether a `Revoke` changed anything (false: already revoked).
+    Revoked(bool),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -135,6 +153,9 @@ pub enum StateError {
     /// A claim by an attempt that is no longer the live one (fencing).
     #[error("{0}")]
     Stale(String),
+    /// The caller is not one the pipeline allows (e.g. not in `gate.approvers`).
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 /// Result of applying one entry.
@@ -153,29 +174,44 @@ pub fn apply(state: &mut State, cmd: &Command, index: u64) -> Applied {
             field: "command".into(),
             message: format!("entry {index} carries no command (written by a newer version?)"),
         }),
-        Some(kind) => match kind {
+        Some(kind) => apply_kind(state, kind, at, &mut events),
+    };
+    Applied { result, events }
+}
+
+/// Applies one command's kind (also the inner command of an audited write).
+fn apply_kind(
+    state: &mut State,
+    kind: &Kind,
+    at: i64,
+    events: &mut Vec<Event>,
+) -> Result<Outcome, StateError> {
+    {
+        match kind {
+            Kind::AsCaller(c) => audit::apply_as_caller(state, c, at, events),
             Kind::ApplyPipeline(c) => pipelines::apply_pipeline(state, c, at),
-            Kind::StartRun(c) => runs::start_run(state, c, at, &mut events),
-            Kind::CancelRun(c) => runs::cancel_run(state, c, at, &mut events),
+            Kind::StartRun(c) => runs::start_run(state, c, at, events),
+            Kind::CancelRun(c) => runs::cancel_run(state, c, at, events),
             Kind::RegisterAgent(c) => attempts::register_agent(state, c, at),
             Kind::Heartbeat(c) => attempts::heartbeat(state, c, at),
-            Kind::AssignStage(c) => attempts::assign(state, c, at, &mut events),
-            Kind::StartAttempt(c) => attempts::start(state, c, at, &mut events),
-            Kind::AppendLogs(c) => attempts::append_logs(state, c, &mut events),
-            Kind::ReportResult(c) => attempts::report_result(state, c, at, &mut events),
-            Kind::ExpireAttempt(c) => attempts::expire(state, c, at, &mut events),
-            Kind::Approve(c) => runs::approve(state, c, at, &mut events),
-            Kind::Reject(c) => runs::reject(state, c, at, &mut events),
+            Kind::AssignStage(c) => attempts::assign(state, c, at, events),
+            Kind::StartAttempt(c) => attempts::start(state, c, at, events),
+            Kind::AppendLogs(c) => attempts::append_logs(state, c, events),
+            Kind::ReportResult(c) => attempts::report_result(state, c, at, events),
+            Kind::ExpireAttempt(c) => attempts::expire(state, c, at, events),
+            Kind::Approve(c) => runs::approve(state, c, at, events),
+            Kind::ExpireApproval(c) => runs::expire_approval(state, c, at, events),
+            Kind::Revoke(c) => revocation::revoke(state, c, at, events),
+            Kind::Reject(c) => runs::reject(state, c, at, events),
             Kind::Rollback(c) => {
-                deploy::start_rollback(state, c, None, at, &mut events).map(Outcome::Run)
+                deploy::start_rollback(state, c, None, at, events).map(Outcome::Run)
             }
             Kind::Noop(_) => Ok(Outcome::Done),
             Kind::OpenIncident(c) => incidents::open_by_hand(state, c, at),
             Kind::ResolveIncident(c) => incidents::resolve_by_hand(state, c, at),
-            Kind::TriggerRun(c) => triggers::trigger_run(state, c, at, &mut events),
-        },
-    };
-    Applied { result, events }
+            Kind::TriggerRun(c) => triggers::trigger_run(state, c, at, events),
+        }
+    }
 }
 
 impl State {

@@ -157,6 +157,9 @@ pub struct Stage {
     /// The environment whose deploy lock this pending stage waits for ("" = none).
     #[serde(default)]
     pub waiting_for: String,
+    /// When the stage began awaiting approval (for `gate.approval_timeout`); 0: not waiting.
+    #[serde(default)]
+    pub awaiting_since_ms: i64,
 }
 
 impl Stage {
@@ -171,6 +174,7 @@ impl Stage {
             failures: 0,
             queued_ms: 0,
             waiting_for: String::new(),
+            awaiting_since_ms: 0,
         }
     }
 

@@ -1,6 +1,6 @@
 //! Starting and cancelling runs, and operator decisions on gates.
 
-use super::command::{Approve, CancelRun, Reject, StartRun};
+use super::command::{Approve, CancelRun, ExpireApproval, Reject, StartRun};
 use super::flow;
 use super::{
     Approval, Event, GateOutcome, Outcome, Run, RunKind, RunState, Stage, StageState, State,
@@ -158,6 +158,32 @@ fn awaiting_stage<'a>(
     Ok(run)
 }
 
+impl State {
+    /// Refuses a decision by someone the stage's `gate.approvers` does not name (the API
+    /// checks before proposing, so nothing is written; apply checks again).
+    pub fn check_approver(&self, run_id: &str, stage: &str, who: &str) -> Result<(), StateError> {
+        check_approver(self, run_id, stage, who)
+    }
+}
+
+fn check_approver(state: &State, run_id: &str, stage: &str, who: &str) -> Result<(), StateError> {
+    let approvers = state
+        .runs
+        .get(run_id)
+        .and_then(|run| flow::stage_spec(&state.pipelines, run, stage))
+        .and_then(|spec| spec.gate.as_ref())
+        .map(|g| g.approvers.as_slice())
+        .unwrap_or_default();
+    if cd_common::spec::may_approve(approvers, who) {
+        Ok(())
+    } else {
+        Err(StateError::PermissionDenied(format!(
+            "{who} may not approve or reject stage {stage} of run {run_id}; gate.approvers: {}",
+            approvers.join(", ")
+        )))
+    }
+}
+
 pub(super) fn approve(
     state: &mut State,
     c: &Approve,
@@ -165,6 +191,7 @@ pub(super) fn approve(
     events: &mut Vec<Event>,
 ) -> Result<Outcome, StateError> {
     awaiting_stage(state, &c.run_id, &c.stage)?;
+    check_approver(state, &c.run_id, &c.stage, &c.identity)?;
     let State {
         runs,
         deployments,
@@ -205,6 +232,8 @@ pub(super) fn reject(
     at: i64,
     events: &mut Vec<Event>,
 ) -> Result<Outcome, StateError> {
+    awaiting_stage(state, &c.run_id, &c.stage)?;
+    check_approver(state, &c.run_id, &c.stage, &c.identity)?;
     let run = awaiting_stage(state, &c.run_id, &c.stage)?;
     if let Some(stage) = run.stage_mut(&c.stage) {
         stage.approvals.push(Approval {
@@ -216,6 +245,46 @@ pub(super) fn reject(
         stage.state = StageState::GateFailed;
         stage.reason = format!("rejected by {}: {}", c.identity, c.reason);
     }
+    flow::advance(state, &c.run_id, at, events);
+    Ok(Outcome::Done)
+}
+
+/// Fails a stage whose approval wait passed its `gate.approval_timeout` (deadline checked
+/// against the command's time, so a stale proposal after an approval changes nothing).
+pub(super) fn expire_approval(
+    state: &mut State,
+    c: &ExpireApproval,
+    at: i64,
+    events: &mut Vec<Event>,
+) -> Result<Outcome, StateError> {
+    awaiting_stage(state, &c.run_id, &c.stage)?;
+    let timeout = state
+        .runs
+        .get(&c.run_id)
+        .and_then(|run| flow::stage_spec(&state.pipelines, run, &c.stage))
+        .and_then(|s| s.gate.as_ref())
+        .and_then(|g| g.approval_timeout_ms);
+    let Some(timeout) = timeout else {
+        return Err(StateError::FailedPrecondition(format!(
+            "stage {} of run {} has no gate.approval_timeout",
+            c.stage, c.run_id
+        )));
+    };
+    let run = awaiting_stage(state, &c.run_id, &c.stage)?;
+    let Some(stage) = run.stage_mut(&c.stage) else {
+        return Err(StateError::NotFound(c.stage.clone()));
+    };
+    if at < stage.awaiting_since_ms + timeout as i64 {
+        return Err(StateError::FailedPrecondition(format!(
+            "stage {} of run {} has waited less than its approval_timeout",
+            c.stage, c.run_id
+        )));
+    }
+    stage.state = StageState::GateFailed;
+    stage.reason = format!(
+        "approval timed out: no decision within {}",
+        cd_common::duration::format_ms(timeout)
+    );
     flow::advance(state, &c.run_id, at, events);
     Ok(Outcome::Done)
 }

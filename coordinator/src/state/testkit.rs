@@ -45,6 +45,7 @@ pub fn ml_pipeline(approvals: u32) -> PipelineSpec {
             max_regression: Some(0.02),
         }],
         approvals,
+        ..Default::default()
     });
     let mut monitor = stage("monitor", &["deploy"]);
     monitor.on_failure = OnFailure::Rollback;
