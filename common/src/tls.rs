@@ -133,22 +133,13 @@ const KEY: &str = "private key";
 fn load(paths: &TlsPaths) -> Result<Files, TlsError> {
     let ca = read(CA, &paths.ca)?;
     certificates(CA, &paths.ca, &ca)?;
-    let cert = read(CERT, &paths.cert)?;
-    let chain = certificates(CERT, &paths.cert, &cert)?;
-    let key = read(KEY, &paths.key)?;
-    let key_der = private_key(&paths.key, &key)?;
-    let provider = rustls::crypto::ring::default_provider();
-    rustls::sign::CertifiedKey::from_der(chain, key_der, &provider).map_err(|err| {
-        invalid(
-            KEY,
-            &paths.key,
-            format!(
-                "it cannot be used with the certificate in {}: {err}",
-                paths.cert.display()
-            ),
-        )
-    })?;
-    Ok(Files { ca, cert, key })
+    // Checks that the chain and key parse and belong together.
+    certified_key(paths)?;
+    Ok(Files {
+        ca,
+        cert: read(CERT, &paths.cert)?,
+        key: read(KEY, &paths.key)?,
+    })
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
