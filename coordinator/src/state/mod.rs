@@ -21,6 +21,8 @@ mod approval_tests;
 #[cfg(test)]
 mod concurrency_tests;
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 pub(crate) mod testkit;

@@ -93,6 +93,8 @@ pub fn monitored_pipeline() -> PipelineSpec {
 
 pub struct Kit {
     pub state: State,
+    /// Every command applied, in order (the fuzzer's corpus).
+    pub history: Vec<Command>,
     pub index: u64,
     pub now: i64,
 }
@@ -101,6 +103,7 @@ impl Kit {
     pub fn new(spec: &PipelineSpec) -> Kit {
         let mut k = Kit {
             state: State::default(),
+            history: Vec::new(),
             index: 0,
             now: 1_000,
         };
@@ -124,7 +127,9 @@ impl Kit {
     pub fn apply(&mut self, kind: Kind) -> Applied {
         self.index += 1;
         self.now += 10;
-        apply(&mut self.state, &Command::new(self.now, kind), self.index)
+        let cmd = Command::new(self.now, kind);
+        self.history.push(cmd.clone());
+        apply(&mut self.state, &cmd, self.index)
     }
 
     pub fn ok(&mut self, kind: Kind) -> Outcome {
