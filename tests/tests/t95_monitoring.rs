@@ -115,6 +115,23 @@ async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// The incident's automatic rollback run, waited for: it must succeed.
+async fn rollback_succeeded(s: &Single, incident: &Value) -> anyhow::Result<(String, pb::Run)> {
+    let rollback = incident["rollback_run"]
+        .as_str()
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("the incident names no rollback run: {incident}"))?
+        .to_string();
+    let rb = s.wait_final(&rollback, RUN_TIMEOUT).await?;
+    assert_eq!(
+        rb.state,
+        RunState::Succeeded as i32,
+        "{}",
+        describe(Some(&rb))
+    );
+    Ok((rollback, rb))
+}
+
 fn int(v: &Value, field: &str) -> i64 {
     v[field]
         .as_i64()
@@ -207,20 +224,8 @@ async fn a_failing_monitor_rolls_back_opens_and_resolves_an_incident_and_feeds_t
         v2_log.contains(&format!("check 3 at {failed_check_at}: FAIL (exit code 1)")),
         "the incident opened at the third failed check: {v2_log}"
     );
-    let rollback = incident["rollback_run"]
-        .as_str()
-        .filter(|r| !r.is_empty())
-        .expect("a rollback run")
-        .to_string();
-
     // The rollback redeploys v1 and re-runs the health check, which passes.
-    let rb = s.wait_final(&rollback, RUN_TIMEOUT).await?;
-    assert_eq!(
-        rb.state,
-        RunState::Succeeded as i32,
-        "{}",
-        describe(Some(&rb))
-    );
+    let (rollback, rb) = rollback_succeeded(&s, &incident).await?;
     assert_eq!(rb.kind, "rollback");
     assert_eq!(rb.revision, "v1");
     let names: Vec<&str> = rb.stages.iter().map(|s| s.name.as_str()).collect();
@@ -500,17 +505,7 @@ async fn an_http_probe_that_starts_failing_rolls_back_and_its_recheck_resolves_t
         },
     )
     .await?;
-    let rollback = incident["rollback_run"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let rb = s.wait_final(&rollback, RUN_TIMEOUT).await?;
-    assert_eq!(
-        rb.state,
-        RunState::Succeeded as i32,
-        "{}",
-        describe(Some(&rb))
-    );
+    let (rollback, rb) = rollback_succeeded(&s, &incident).await?;
     let check_log = String::from_utf8(logs(&mut c, &rollback, "monitor").await?)?;
     assert!(
         check_log.contains("until the first passing check"),
