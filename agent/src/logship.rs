@@ -26,6 +26,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cd_common::secrets::Masker;
 use cd_proto::v1::{LogAck, LogChunk};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -128,6 +129,7 @@ impl LogHandle {
         Ok(AttemptLog {
             key,
             tx: self.tx.clone(),
+            masker: None,
         })
     }
 }
@@ -136,11 +138,28 @@ impl LogHandle {
 pub struct AttemptLog {
     key: AttemptKey,
     tx: mpsc::Sender<Msg>,
+    /// Replaces the stage's secret values with `***` before anything is queued; holds back a
+    /// possible start of a value until the next write or `finish`.
+    masker: Option<std::sync::Mutex<Masker>>,
 }
 
 impl AttemptLog {
+    /// From now on, masks these values (the stage's secrets) in everything written.
+    pub fn mask(&mut self, values: Vec<Vec<u8>>) {
+        let masker = Masker::new(values);
+        self.masker = (!masker.is_empty()).then(|| std::sync::Mutex::new(masker));
+    }
+
     /// Appends bytes; waits while the shipper's buffer is full.
     pub async fn write(&self, data: Vec<u8>) -> Result<(), LogError> {
+        let data = match &self.masker {
+            Some(m) => m.lock().unwrap_or_else(|e| e.into_inner()).push(&data),
+            None => data,
+        };
+        self.send(data).await
+    }
+
+    async fn send(&self, data: Vec<u8>) -> Result<(), LogError> {
         if data.is_empty() {
             return Ok(());
         }
@@ -160,6 +179,10 @@ impl AttemptLog {
 
     /// Closes the log and waits until every chunk is acknowledged.
     pub async fn finish(self) -> Result<(), LogError> {
+        if let Some(m) = &self.masker {
+            let rest = m.lock().unwrap_or_else(|e| e.into_inner()).finish();
+            self.send(rest).await?;
+        }
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Msg::Finish {

@@ -15,7 +15,9 @@ use tonic::Code;
 use tracing::{Instrument, debug, error, info, warn};
 
 use crate::connection::{AgentApi, describe, is_refused};
-use crate::executor::{ContainerOptions, Executor, Exit, StageSpec, Workspace, oom_message};
+use crate::executor::{
+    ContainerOptions, Executor, Exit, SecretEnv, StageSpec, Workspace, oom_message,
+};
 use crate::logship::{AttemptLog, LogError, LogHandle};
 use crate::monitor;
 use crate::registry::{AttemptControl, AttemptKey, CancelReason, Registry};
@@ -42,7 +44,14 @@ pub async fn run_attempt<A: AgentApi>(
     control: AttemptControl,
 ) {
     match ctx.logs.open(key.clone(), control.clone()).await {
-        Ok(log) => {
+        Ok(mut log) => {
+            log.mask(
+                assignment
+                    .secrets
+                    .values()
+                    .map(|v| v.as_bytes().to_vec())
+                    .collect(),
+            );
             if let Some(result) = execute(&ctx, &assignment, &key, &control, &log).await {
                 deliver(&ctx, &key, result, log).await;
             } else {
@@ -494,6 +503,13 @@ pub fn stage_spec(assignment: &Assignment, key: &AttemptKey, agent: &str) -> Sta
         key: key.clone(),
         command: assignment.command.clone(),
         env,
+        secrets: SecretEnv(
+            assignment
+                .secrets
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
         source: (!assignment.source_path.is_empty()).then(|| assignment.source_path.clone().into()),
         image: assignment.image.clone(),
         container: assignment

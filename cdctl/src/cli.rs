@@ -112,6 +112,10 @@ pub enum Command {
     /// Show the audit log: recent writes (apply, start, cancel, approve, reject, rollback,
     /// incidents, revoke) with who made them and when. Operators only.
     Audit(AuditArgs),
+    /// Set, list and delete secrets: values stages receive as environment variables, stored
+    /// encrypted and masked (`***`) in logs. Values are never shown.
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// Show the build agents known to the cluster.
     #[command(subcommand)]
     Agents(AgentsCommand),
@@ -396,6 +400,32 @@ pub struct RevokeArgs {
     /// Why (recorded with the revocation).
     #[arg(long, default_value = "")]
     pub reason: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Create or replace a secret; the value is read from standard input.
+    #[command(
+        long_about = "Create or replace a secret. The value is read from standard \
+        input (never from the command line, where it would land in shell history and `ps`); \
+        one trailing newline is removed, so `echo \"$TOKEN\" | cdctl secret set TOKEN` stores \
+        the token itself. An empty value is refused; values are UTF-8 text up to 64 KiB.\n\n\
+        A stage receives the secret as an environment variable when it lists the name under \
+        `secrets:`. The coordinators encrypt it with their --secret-key-file key (every \
+        coordinator of a cluster needs the same key) and mask it as `***` in stored logs.\n\n\
+        Make a key: head -c 32 /dev/urandom | xxd -p -c 64 > secret.key"
+    )]
+    Set {
+        /// Secret name: A-Z, 0-9 and `_`, not starting with a digit (the variable's name).
+        name: String,
+    },
+    /// List secret names with who set each and when (never values).
+    List,
+    /// Delete a secret; stages that list it fail until it is set again.
+    Delete {
+        /// Secret name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -300,6 +300,27 @@ impl ControlService for Fake {
     ) -> Result<Response<cd_proto::v1::RevokeResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn set_secret(
+        &self,
+        _: Request<cd_proto::v1::SetSecretRequest>,
+    ) -> Result<Response<cd_proto::v1::SecretInfo>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn delete_secret(
+        &self,
+        _: Request<cd_proto::v1::DeleteSecretRequest>,
+    ) -> Result<Response<cd_proto::v1::DeleteSecretResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn list_secrets(
+        &self,
+        _: Request<cd_proto::v1::ListSecretsRequest>,
+    ) -> Result<Response<cd_proto::v1::ListSecretsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 struct Cluster {

@@ -5,6 +5,7 @@ pub mod certs;
 pub mod duration;
 pub mod logcodec;
 pub mod names;
+pub mod secrets;
 pub mod spec;
 pub mod telemetry;
 pub mod time;

@@ -24,7 +24,7 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
     vec![
         // --- unknown fields, at every level ---
         ("unknown top field", "name: p\nstagez: []\n".into(), "p.yaml:2: stagez: unknown field `stagez`; allowed fields here: name, source, repository, trigger, concurrency, on_new_run, env, stages"),
-        ("unknown stage field", with_build("  - name: t\n    rn: make test\n"), "p.yaml:6: stages[1].rn: unknown field `rn`; allowed fields here: name, run, needs, labels, image, image_pull, resources, network, user, docker, env, timeout, retries, environment, reports, gate, rollback, on_failure, artifacts, monitor"),
+        ("unknown stage field", with_build("  - name: t\n    rn: make test\n"), "p.yaml:6: stages[1].rn: unknown field `rn`; allowed fields here: name, run, needs, labels, image, image_pull, resources, network, user, docker, env, timeout, retries, environment, reports, gate, rollback, on_failure, artifacts, monitor, secrets"),
         ("unknown source field", "name: p\nsource: { dir: src }\nstages:\n  - { name: a, run: x }\n".into(), "p.yaml:2: source.dir: unknown field `dir`; allowed fields here: path"),
         ("unknown reports field", with_build("    reports: { html: r.html }\n"), "p.yaml:5: stages[0].reports.html: unknown field `html`; allowed fields here: junit, metrics"),
         ("unknown gate field", with_build("  - name: d\n    run: x\n    needs: [build]\n    gate: { approval: 1 }\n"), "p.yaml:8: stages[1].gate.approval: unknown field `approval`; allowed fields here: tests, metrics, approvals, approvers, approval_timeout"),
@@ -64,6 +64,11 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
         ("on_failure unknown", with_build("    on_failure: explode\n"), "p.yaml:5: stages[0].on_failure: expected `fail` or `rollback`, found `explode`"),
         ("labels item is a number", with_build("    labels: [linux, 7]\n"), "p.yaml:5: stages[0].labels[1]: expected a string, found a number"),
         ("label with a space", with_build("    labels: [\"big box\"]\n"), "p.yaml:5: stages[0].labels[0]: label `big box` must not contain spaces"),
+        ("secrets is a string", with_build("    secrets: TOKEN\n"), "p.yaml:5: stages[0].secrets: expected a list, found the string `TOKEN`"),
+        ("secret name lowercase", with_build("    secrets: [TOKEN, api_key]\n"), "p.yaml:5: stages[0].secrets[1]: `api_key` is not a valid secret name (use A-Z, 0-9 and `_`, not starting with a digit)"),
+        ("secret name starts with a digit", with_build("    secrets:\n      - 1TOKEN\n"), "p.yaml:6: stages[0].secrets[0]: `1TOKEN` is not a valid secret name (use A-Z, 0-9 and `_`, not starting with a digit)"),
+        ("secret listed twice", with_build("    secrets: [TOKEN, TOKEN]\n"), "p.yaml:5: stages[0].secrets[1]: `TOKEN` is listed twice"),
+        ("secret name is a number", with_build("    secrets: [7]\n"), "p.yaml:5: stages[0].secrets[0]: expected a string, found a number"),
         ("tagged value", with_build("    run: !shell make\n"), "p.yaml:5: stages[0].run: YAML tags such as `!shell` are not supported in pipeline files"),
         // --- stage graph ---
         ("duplicate stage names", with_build("  - name: test\n    run: x\n  - name: build\n    run: y\n"), "p.yaml:7: stages[2].name: duplicate stage name `build` (first used by stages[0] at line 3)"),
@@ -212,7 +217,7 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
         ("two documents", "name: p\nstages:\n  - { name: a, run: x }\n---\nname: q\n".into(), "p.yaml:4: (document): the file holds more than one YAML document (`---`); a pipeline file holds exactly one"),
         ("unknown anchor", "name: *nope\nstages: []\n".into(), "p.yaml:1: (document): invalid YAML: unknown anchor at line 1 column 7"),
         ("merge key with a scalar", with_build("    <<: 5\n"), "p.yaml:5: stages[0].<<: a merge key `<<` takes a mapping or a list of mappings"),
-        ("merged unknown field", with_build("    <<: { retry: 2 }\n"), "p.yaml:5: stages[0].retry: unknown field `retry`; allowed fields here: name, run, needs, labels, image, image_pull, resources, network, user, docker, env, timeout, retries, environment, reports, gate, rollback, on_failure, artifacts, monitor"),
+        ("merged unknown field", with_build("    <<: { retry: 2 }\n"), "p.yaml:5: stages[0].retry: unknown field `retry`; allowed fields here: name, run, needs, labels, image, image_pull, resources, network, user, docker, env, timeout, retries, environment, reports, gate, rollback, on_failure, artifacts, monitor, secrets"),
         ("tagged document", "!pipeline\nname: p\n".into(), "p.yaml:1: (document): YAML tags such as `!pipeline` are not supported in pipeline files"),
     ]
 }

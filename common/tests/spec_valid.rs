@@ -65,6 +65,7 @@ fn stage(name: &str, run: &str, needs: &[&str]) -> StageSpec {
         on_failure: OnFailure::Fail,
         artifacts: Vec::new(),
         monitor: None,
+        secrets: Vec::new(),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod gate;
 pub mod prometheus;
 pub mod raft;
 pub mod scheduler;
+pub mod secret_key;
 pub mod server;
 pub mod state;
 pub mod store;

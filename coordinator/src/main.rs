@@ -105,6 +105,11 @@ struct ServeArgs {
     /// (HTTPS with this node's certificate; no client certificate asked). Off by default.
     #[arg(long)]
     webhook_listen: Option<SocketAddr>,
+    /// File holding the cluster's secret key: 32 random bytes as 64 hex characters (make one
+    /// with `head -c 32 /dev/urandom | xxd -p -c 64`). Every coordinator of a cluster needs the
+    /// same key. Without it `cdctl secret set` is refused and stages needing secrets fail.
+    #[arg(long, env = "CD_SECRET_KEY_FILE", value_name = "PATH")]
+    secret_key_file: Option<PathBuf>,
     /// Accept the SetFaults RPC, which drops raft messages to chosen nodes. For tests only.
     #[arg(long, hide = true)]
     enable_fault_injection: bool,
@@ -212,6 +217,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     cfg.webhook_listen = args.webhook_listen;
+    if let Some(path) = &args.secret_key_file {
+        let key = cd_coordinator::secret_key::SecretKey::load(path)?;
+        tracing::info!(key_id = ?key, "secrets enabled");
+        cfg.secret_key = Some(std::sync::Arc::new(key));
+    }
     let shutdown = shutdown_on_signals();
     let coordinator = Coordinator::start(cfg, listener, shutdown.clone())?;
     if let Some(l) = metrics_listener {

@@ -38,6 +38,8 @@ pub struct CoordinatorConfig {
     pub limits: Limits,
     /// Where to serve `POST /hooks/<pipeline>` (TLS, no client certificate); `None` = off.
     pub webhook_listen: Option<std::net::SocketAddr>,
+    /// The cluster's secret key (`--secret-key-file`); `None` disables secrets on this node.
+    pub secret_key: Option<std::sync::Arc<crate::secret_key::SecretKey>>,
 }
 
 impl CoordinatorConfig {
@@ -55,6 +57,7 @@ impl CoordinatorConfig {
             snapshot_every: 10_000,
             limits: Limits::default(),
             webhook_listen: None,
+            secret_key: None,
         }
     }
 }
@@ -177,6 +180,7 @@ impl Coordinator {
             limits: cfg.limits.clone(),
             faults,
             webhook_stats,
+            secret_key: cfg.secret_key.clone(),
         };
         let handle = node.clone();
         let task = tokio::spawn(async move {

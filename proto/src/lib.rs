@@ -15,3 +15,5 @@ pub mod raft_v1 {
 
 /// Encoded `FileDescriptorSet` for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cd_descriptor");
+
+mod redact;

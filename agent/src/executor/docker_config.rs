@@ -102,6 +102,7 @@ pub fn create_body(
         binds.push(format!("{DOCKER_SOCKET}:{DOCKER_SOCKET}"));
     }
     let mut env = spec.env.clone();
+    env.extend(spec.secrets.0.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.insert("CD_WORKSPACE".into(), WORKSPACE_MOUNT.into());
     let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let memory =
@@ -157,6 +158,7 @@ mod tests {
                 ("A".to_string(), "1".to_string()),
                 ("CD_WORKSPACE".to_string(), "/host/ws".to_string()),
             ]),
+            secrets: Default::default(),
             source: None,
             image: "conveyor-test/busybox:local".into(),
             container: options,

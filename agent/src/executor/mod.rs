@@ -38,12 +38,25 @@ pub struct StageSpec {
     /// The complete set of variables the stage adds to the environment (assignment env plus the
     /// `CD_*` variables).
     pub env: BTreeMap<String, String>,
+    /// The stage's secrets (name -> value): added to this stage's environment only, after
+    /// `env` (they win), and never printed (`Debug` shows names).
+    pub secrets: SecretEnv,
     /// Directory copied into the workspace before the command runs.
     pub source: Option<PathBuf>,
     /// Container image; empty for a host process.
     pub image: String,
     /// How the container runs; only meaningful with `image`.
     pub container: ContainerOptions,
+}
+
+/// Secret environment variables; `Debug` shows their names, never their values.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretEnv(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for SecretEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 /// The assignment's container options, as sent (`cd.v1.ContainerOptions`); the Docker backend

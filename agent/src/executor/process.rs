@@ -274,6 +274,7 @@ impl ProcessExecution {
             }
         }
         cmd.envs(&spec.env);
+        cmd.envs(&spec.secrets.0);
         let mut child = cmd.spawn().map_err(ExecError::Spawn)?;
         let group = GroupGuard {
             pgid: child

@@ -27,6 +27,7 @@ fn spec(stage: &str, command: &str) -> StageSpec {
         key: key(stage),
         command: command.into(),
         env,
+        secrets: Default::default(),
         source: None,
         image: String::new(),
         container: Default::default(),

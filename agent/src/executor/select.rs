@@ -84,6 +84,7 @@ mod tests {
             },
             command: "exit 4".into(),
             env: BTreeMap::new(),
+            secrets: Default::default(),
             source: None,
             image: "busybox:1".into(),
             container: Default::default(),

@@ -11,6 +11,7 @@ pub mod logs;
 pub mod pipeline;
 pub mod revoke;
 pub mod run;
+pub mod secret;
 
 use std::io::Write;
 
@@ -95,6 +96,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Reject(args) => approve::reject(&ctx, args).await.map(|()| 0),
         Command::Revoke(args) => revoke::run(&ctx, args).await.map(|()| 0),
         Command::Audit(args) => revoke::audit(&ctx, args).await.map(|()| 0),
+        Command::Secret(cmd) => secret::run(&ctx, cmd).await.map(|()| 0),
         Command::Agents(cmd) => agents::run(&ctx, cmd).await.map(|()| 0),
         Command::Env(cmd) => env::run(&ctx, cmd).await.map(|()| 0),
         Command::Rollback(args) => env::rollback(&ctx, args).await,

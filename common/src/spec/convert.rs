@@ -97,6 +97,7 @@ const STAGE_FIELDS: &[&str] = &[
     "on_failure",
     "artifacts",
     "monitor",
+    "secrets",
 ];
 /// Stage fields that configure the container, so need `image`.
 const CONTAINER_FIELDS: &[&str] = &["image_pull", "resources", "network", "user", "docker"];
@@ -599,6 +600,10 @@ fn stage(
         Some(f) => f.strings(|p| path_problem(p, false))?.0,
         None => Vec::new(),
     };
+    let secrets = match fields.get("secrets") {
+        Some(f) => f.strings(crate::secrets::name_problem)?.0,
+        None => Vec::new(),
+    };
     let stage = StageSpec {
         name,
         run,
@@ -616,6 +621,7 @@ fn stage(
         on_failure,
         artifacts,
         monitor,
+        secrets,
     };
     Ok((stage, ids))
 }

@@ -136,6 +136,10 @@ pub struct StageSpec {
     /// empty). Always below a deploying stage.
     #[serde(default)]
     pub monitor: Option<MonitorSpec>,
+    /// `secrets:` names of cluster secrets the stage receives as environment variables (only
+    /// this stage's process or container sees them; see `crate::secrets`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// `monitor:` of a stage: health checks every `interval` for `duration` after a deployment.

@@ -14,6 +14,7 @@ use tracing::{Instrument, info, info_span, instrument, warn};
 use super::ApiConfig;
 use super::convert;
 use super::identity;
+use super::masking;
 use super::sessions::Sessions;
 use super::status::{from_propose, invalid};
 use crate::raft::{AppliedEvent, ProposeError, RaftHandle};
@@ -77,15 +78,57 @@ impl AgentApi {
 
     /// Every attempt currently held by `agent`, as assignments (sent on every (re)connect).
     fn live_assignments(&self, agent: &str) -> Vec<pb::AgentMessage> {
-        self.node.read(|st| {
+        let key = self.cfg.secret_key.clone();
+        let assignments: Vec<_> = self.node.read(|st| {
             st.live_attempts()
                 .filter(|(_, _, a)| a.agent == agent)
                 .filter_map(|(run, stage, a)| {
                     convert::assignment(st, &run.id, &stage.name, a.number)
+                        .map(|x| masking::attach_secrets(key.as_deref(), st, x))
                 })
-                .map(assignment_msg)
                 .collect()
-        })
+        });
+        assignments
+            .into_iter()
+            .filter_map(|a| self.deliverable(a))
+            .map(assignment_msg)
+            .collect()
+    }
+
+    /// An assignment with its secrets, or `None` after proposing the attempt's failure (its
+    /// secrets cannot be given: the reason names the secret).
+    fn deliverable(
+        &self,
+        a: Result<pb::Assignment, masking::Undeliverable>,
+    ) -> Option<pb::Assignment> {
+        let u = match a {
+            Ok(a) => return Some(a),
+            Err(u) => u,
+        };
+        warn!(run = %u.attempt.run_id, stage = %u.attempt.stage, reason = %u.reason, "stage fails: its secrets cannot be given");
+        // Fails the attempt like a timeout (a failure, retried if the stage allows), through
+        // the normal path. Sent again on a resend, it is refused as stale: harmless.
+        let expire = Kind::ExpireAttempt(cmd::ExpireAttempt {
+            key: Some(AttemptKey {
+                run_id: u.attempt.run_id,
+                stage: u.attempt.stage,
+                attempt: u.attempt.attempt,
+                agent: String::new(),
+                term: u.attempt.fencing_term,
+            }),
+            timed_out: true,
+            reason: u.reason,
+        });
+        let node = self.node.clone();
+        tokio::spawn(
+            async move {
+                if let Err(e) = node.propose(expire).await {
+                    warn!(error = %e, "could not fail the stage");
+                }
+            }
+            .in_current_span(),
+        );
+        None
     }
 
     fn event_msg(&self, agent: &str, ev: &AppliedEvent) -> Option<pb::AgentMessage> {
@@ -95,10 +138,14 @@ impl AgentApi {
                 run_id,
                 stage,
                 attempt,
-            } if a == agent => self
-                .node
-                .read(|st| convert::assignment(st, run_id, stage, *attempt))
-                .map(assignment_msg),
+            } if a == agent => {
+                let key = self.cfg.secret_key.clone();
+                let found = self.node.read(|st| {
+                    convert::assignment(st, run_id, stage, *attempt)
+                        .map(|x| masking::attach_secrets(key.as_deref(), st, x))
+                });
+                found.and_then(|a| self.deliverable(a)).map(assignment_msg)
+            }
             Event::CancelAttempt {
                 agent: a,
                 run_id,
@@ -299,6 +346,9 @@ impl AgentService for AgentApi {
                 encoding: c.encoding,
             });
         }
+        let key = self.cfg.secret_key.clone();
+        self.node
+            .read(|st| masking::mask_chunks(key.as_deref(), st, &mut chunks));
         let out = self
             .node
             .propose(Kind::AppendLogs(cmd::AppendLogs { chunks }))
@@ -359,10 +409,15 @@ impl AgentService for AgentApi {
                 ),
             ));
         }
+        let mut result = convert::result_from_pb(result);
+        let secret_key = self.cfg.secret_key.clone();
+        self.node.read(|st| {
+            masking::mask_result(secret_key.as_deref(), st, &k.run_id, &k.stage, &mut result)
+        });
         self.node
             .propose(Kind::ReportResult(cmd::ReportResult {
                 key: Some(k),
-                result: Some(convert::result_from_pb(result)),
+                result: Some(result),
             }))
             .await
             .map_err(from_propose)?;

@@ -55,6 +55,10 @@ pub const TABLE: &[(&str, &[Role], bool)] = &[
     ("/cd.v1.ControlService/Revoke", WRITE, true),
     // Who did what is for operators.
     ("/cd.v1.ControlService/ListAudit", WRITE, false),
+    // Secrets: operators set and delete; anyone may list names (never values).
+    ("/cd.v1.ControlService/SetSecret", WRITE, true),
+    ("/cd.v1.ControlService/DeleteSecret", WRITE, true),
+    ("/cd.v1.ControlService/ListSecrets", READ, false),
     // Agent API: agents only; the handlers also check that an agent acts only as itself.
     ("/cd.v1.AgentService/Attach", AGENT, false),
     ("/cd.v1.AgentService/Heartbeat", AGENT, false),

@@ -647,4 +647,27 @@ impl ControlService for ControlApi {
     ) -> Result<Response<pb::Metrics>, Status> {
         self.get_metrics_impl(req).await
     }
+
+    #[instrument(skip_all, fields(name = %req.get_ref().name))]
+    async fn set_secret(
+        &self,
+        req: Request<pb::SetSecretRequest>,
+    ) -> Result<Response<pb::SecretInfo>, Status> {
+        self.set_secret_impl(req).await
+    }
+
+    #[instrument(skip_all, fields(name = %req.get_ref().name))]
+    async fn delete_secret(
+        &self,
+        req: Request<pb::DeleteSecretRequest>,
+    ) -> Result<Response<pb::DeleteSecretResponse>, Status> {
+        self.delete_secret_impl(req).await
+    }
+
+    async fn list_secrets(
+        &self,
+        req: Request<pb::ListSecretsRequest>,
+    ) -> Result<Response<pb::ListSecretsResponse>, Status> {
+        self.list_secrets_impl(req).await
+    }
 }

@@ -267,6 +267,8 @@ pub fn assignment(st: &State, run_id: &str, stage_name: &str, n: u32) -> Option<
             }
         }),
         monitor: spec.monitor.as_ref().map(monitor),
+        // Filled in by the agent API just before the push (`masking::attach_secrets`).
+        secrets: HashMap::new(),
     })
 }
 

@@ -9,9 +9,11 @@ mod control;
 pub mod convert;
 mod feedback;
 mod identity;
+mod masking;
 mod peer;
 mod rate;
 mod revoke;
+mod secrets;
 mod sessions;
 pub mod status;
 pub mod tls_reload;
@@ -79,6 +81,8 @@ pub struct ApiConfig {
     pub faults: Option<Faults>,
     /// Webhook deliveries this node refused, shown with pipelines.
     pub webhook_stats: crate::triggers::webhook::WebhookStats,
+    /// Seals and opens secrets; `None`: secrets are disabled on this node.
+    pub secret_key: Option<std::sync::Arc<crate::secret_key::SecretKey>>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -42,6 +42,7 @@ fn state_with(
             on_failure: Default::default(),
             artifacts: vec![],
             monitor: None,
+            secrets: Vec::new(),
         });
     }
     let mut i = 0;

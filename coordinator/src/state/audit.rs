@@ -18,7 +18,7 @@ pub struct AuditEntry {
     pub at_ms: i64,
     pub identity: String,
     /// `apply`, `start`, `cancel`, `approve`, `reject`, `rollback`, `incident-open`,
-    /// `incident-resolve`, `revoke`.
+    /// `incident-resolve`, `revoke`, `secret-set`, `secret-delete`.
     pub action: String,
     /// What it acted on: pipeline, run (and stage), environment, incident or identity.
     pub target: String,
@@ -57,6 +57,9 @@ fn describe(kind: &Kind, out: &Outcome) -> Option<(&'static str, String)> {
         },
         Kind::ResolveIncident(c) => ("incident-resolve", format!("#{}", c.id)),
         Kind::Revoke(c) => ("revoke", c.identity.clone()),
+        // The name only: a secret's value never reaches the audit log.
+        Kind::SetSecret(c) => ("secret-set", c.name.clone()),
+        Kind::DeleteSecret(c) => ("secret-delete", c.name.clone()),
         _ => return None,
     })
 }

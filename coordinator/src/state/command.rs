@@ -18,7 +18,7 @@ pub struct Command {
     pub at_ms: i64,
     #[prost(
         oneof = "Kind",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 30, 31, 40, 41, 42"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 30, 31, 40, 41, 42, 50, 51"
     )]
     pub kind: Option<Kind>,
 }
@@ -70,6 +70,39 @@ pub enum Kind {
     /// with `identity` (one envelope, so no write command needs its own identity field).
     #[prost(message, tag = "42")]
     AsCaller(AsCaller),
+    /// Stores a secret, already sealed by the leader (`secret_key.rs`): never the value.
+    #[prost(message, tag = "50")]
+    SetSecret(SetSecret),
+    #[prost(message, tag = "51")]
+    DeleteSecret(DeleteSecret),
+}
+
+/// A secret's value sealed with the cluster key; the plaintext never enters the log.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SetSecret {
+    /// `[A-Z_][A-Z0-9_]*` (also the AEAD's associated data).
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub ciphertext: Vec<u8>,
+    /// 96-bit nonce drawn by the proposer, so apply stays pure.
+    #[prost(bytes = "vec", tag = "3")]
+    pub nonce: Vec<u8>,
+    /// First 8 bytes of SHA-256 of the key that sealed it.
+    #[prost(bytes = "vec", tag = "4")]
+    pub key_id: Vec<u8>,
+    /// How it is sealed (`secret_key::FORMAT_AES256GCM`).
+    #[prost(uint32, tag = "5")]
+    pub format: u32,
+    /// The caller's identity.
+    #[prost(string, tag = "6")]
+    pub by: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DeleteSecret {
+    #[prost(string, tag = "1")]
+    pub name: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -14,6 +14,7 @@ pub mod model;
 mod pipelines;
 mod revocation;
 mod runs;
+pub mod secrets;
 mod triggers;
 
 #[cfg(test)]
@@ -74,6 +75,9 @@ pub struct State {
     /// The most recent writes with the caller's identity (`audit.rs`), oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub audit: Vec<audit::AuditEntry>,
+    /// Secret name -> its sealed value (`secrets.rs`); skipped when empty (digest unchanged).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, secrets::SecretRecord>,
 }
 
 /// What apply tells the world besides its answer: the store writes `LogAppended` durably; the
@@ -212,6 +216,8 @@ fn apply_kind(
             Kind::OpenIncident(c) => incidents::open_by_hand(state, c, at),
             Kind::ResolveIncident(c) => incidents::resolve_by_hand(state, c, at),
             Kind::TriggerRun(c) => triggers::trigger_run(state, c, at, events),
+            Kind::SetSecret(c) => secrets::set(state, c, at),
+            Kind::DeleteSecret(c) => secrets::delete(state, c),
         }
     }
 }

@@ -25,6 +25,7 @@ pub fn stage(name: &str, needs: &[&str]) -> StageSpec {
         on_failure: OnFailure::Fail,
         artifacts: vec![],
         monitor: None,
+        secrets: Vec::new(),
     }
 }
 
