@@ -41,8 +41,8 @@ pub enum SecretKeyError {
     NotText,
 }
 
-/// A value sealed for one name.
-#[derive(Clone, PartialEq, Eq)]
+/// A value sealed for one name (ciphertext only: safe to print).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sealed {
     pub format: u32,
     pub key_id: Vec<u8>,

@@ -45,6 +45,7 @@ enum Call {
     ListRuns,
     ListAudit,
     StartRun,
+    SetSecret,
     RaftSend,
     Heartbeat { agent: &'static str },
     ReportResult { agent: &'static str },
@@ -134,6 +135,14 @@ async fn perform(
         Call::ListAudit => {
             ControlServiceClient::new(ch)
                 .list_audit(pb::ListAuditRequest::default())
+                .await?;
+        }
+        Call::SetSecret => {
+            ControlServiceClient::new(ch)
+                .set_secret(pb::SetSecretRequest {
+                    name: "TOKEN".into(),
+                    value: b"viewer-must-not-set-this".to_vec(),
+                })
                 .await?;
         }
         Call::StartRun => {
@@ -422,6 +431,19 @@ async fn every_unauthorized_caller_is_refused_with_a_clear_error_and_nothing_is_
                 &[
                     "spiffe://conveyor.local/viewer/ann",
                     "/cd.v1.ControlService/StartRun",
+                    "allowed roles: operator",
+                ],
+            ),
+        },
+        Case {
+            name: "viewer setting a secret",
+            who: Who::Tls(viewer.clone()),
+            call: Call::SetSecret,
+            expect: Expect::Status(
+                Code::PermissionDenied,
+                &[
+                    "spiffe://conveyor.local/viewer/ann",
+                    "/cd.v1.ControlService/SetSecret",
                     "allowed roles: operator",
                 ],
             ),
