@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a coordinator node with certificates from `cdctl certs`.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a single throwaway node with generated certificates and a built-in agent; with
     /// --run, apply a pipeline, start it and show its progress.
     Dev(dev::DevArgs),
@@ -261,7 +261,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async {
         match cli.cmd {
-            Cmd::Serve(a) => serve(a).await.map(|()| 0),
+            Cmd::Serve(a) => serve(*a).await.map(|()| 0),
             Cmd::Dev(a) => dev::run(a).await,
         }
     });
