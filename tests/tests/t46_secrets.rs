@@ -414,3 +414,116 @@ fn rand_byte() -> u8 {
     let _ = ring::rand::SystemRandom::new().fill(&mut b);
     b[0]
 }
+
+/// An agent that does not mask: a raw client on the agent API takes the assignment (which must
+/// carry the value, the only place it travels), then ships it in a raw and an LZ4 log chunk and
+/// in its result's error text. The leader masks all three before anything is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_masks_what_an_agent_that_does_not_mask_sends() -> Result<()> {
+    use cd_proto::v1 as pb;
+    use cd_proto::v1::agent_service_client::AgentServiceClient;
+
+    let keys = tempfile::tempdir()?;
+    let key_file = keys.path().join("secret.key");
+    let key_hex: String = (0..32).map(|_| format!("{:02x}", rand_byte())).collect();
+    std::fs::write(&key_file, &key_hex)?;
+    let key_arg = key_file.display().to_string();
+    let s = Single::start(&[], &["--secret-key-file", &key_arg, "--lease", "300s"], &[]).await?;
+    let mut c = s.client().await?;
+    let value = unique("raw-");
+    c.set_secret(pb::SetSecretRequest {
+        name: "TOKEN".into(),
+        value: value.clone().into_bytes(),
+    })
+    .await?;
+    apply_pipeline(
+        &mut c,
+        "name: rawp\nstages:\n  - name: s\n    labels: [raw]\n    secrets: [TOKEN]\n    run: echo hi\n",
+        s.tmp.path(),
+    )
+    .await?;
+
+    let tls = s.certs.tls(Role::Agent, "raw");
+    let ch = tonic::transport::Endpoint::from_shared(s.coord.endpoint.clone())?
+        .tls_config(cd_common::tls::client_tls(&tls, "localhost")?)?
+        .connect()
+        .await?;
+    let mut agent = AgentServiceClient::new(ch);
+    let mut stream = agent
+        .attach(pb::ConnectRequest {
+            agent: "raw".into(),
+            labels: vec!["raw".into()],
+            slots: 1,
+            version: "test".into(),
+        })
+        .await?
+        .into_inner();
+    let run_id = start_run(&mut c, "rawp", &[]).await?;
+    let assignment = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await??
+        .and_then(|m| match m.kind {
+            Some(pb::agent_message::Kind::Assignment(a)) => Some(a),
+            _ => None,
+        })
+        .context("no assignment")?;
+    ensure!(
+        assignment.secrets.get("TOKEN") == Some(&value),
+        "the assignment carries the stage's secret"
+    );
+    ensure!(
+        !format!("{assignment:?}").contains(&value),
+        "Debug of an assignment shows names only"
+    );
+    let attempt = assignment.attempt.context("attempt")?;
+    agent
+        .start_attempt(pb::StartAttemptRequest {
+            agent: "raw".into(),
+            attempt: Some(attempt.clone()),
+        })
+        .await?;
+    let long = format!("lz4 {value} again\n").repeat(50);
+    let (lz4, encoding) = cd_common::logcodec::encode(long.as_bytes());
+    ensure!(encoding == cd_common::logcodec::LZ4);
+    agent
+        .push_logs(pb::PushLogsRequest {
+            agent: "raw".into(),
+            chunks: vec![
+                pb::LogChunk {
+                    attempt: Some(attempt.clone()),
+                    seq: 0,
+                    data: format!("raw {value}\n").into_bytes(),
+                    encoding: cd_common::logcodec::RAW,
+                },
+                pb::LogChunk {
+                    attempt: Some(attempt.clone()),
+                    seq: 1,
+                    data: lz4,
+                    encoding,
+                },
+            ],
+        })
+        .await?;
+    agent
+        .report_result(pb::ReportResultRequest {
+            agent: "raw".into(),
+            attempt: Some(attempt.clone()),
+            result: Some(pb::StageResult {
+                exit_code: 1,
+                errors: vec![format!("deploy refused token {value}")],
+                ..Default::default()
+            }),
+        })
+        .await?;
+    let run = s.wait_final(&run_id, Duration::from_secs(30)).await?;
+    let stored = String::from_utf8_lossy(&cd_tests::logs(&mut c, &run_id, "s").await?).into_owned();
+    ensure!(stored.starts_with("raw ***\nlz4 *** again\n"), "{stored}");
+    ensure!(!stored.contains(&value), "{stored}");
+    let shown = format!("{run:?}");
+    ensure!(
+        shown.contains("deploy refused token ***") && !shown.contains(&value),
+        "{shown}"
+    );
+    let leaks = files_containing(&s.coord.data_dir, value.as_bytes())?;
+    ensure!(leaks.is_empty(), "the value is in {leaks:?}");
+    Ok(())
+}
