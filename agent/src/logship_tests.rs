@@ -222,3 +222,37 @@ async fn finish_without_output_resolves_at_once() {
     bounded(log.finish()).await.expect("nothing to acknowledge");
     assert!(api.pushes().is_empty());
 }
+
+#[tokio::test]
+async fn secret_values_are_masked_even_when_split_across_writes_and_chunks() {
+    let api = Arc::new(FakeApi::default());
+    let (logs, _stop) = start(&api, small_config());
+    let k = key("secret");
+    let mut log = logs
+        .open(k.clone(), AttemptControl::new())
+        .await
+        .expect("open");
+    log.mask(vec![b"hunter2-value".to_vec()]);
+    // 1020 bytes, then a value whose first half would end the first 1024-byte chunk.
+    let filler = vec![b'x'; 1020];
+    log.write(filler.clone()).await.expect("write");
+    log.write(b"hunter2-".to_vec()).await.expect("write");
+    log.write(b"value end\n".to_vec()).await.expect("write");
+    log.note("saw hunter2-value").await;
+    // A prefix at the very end is released, unmasked, by finish.
+    log.write(b"hunter".to_vec()).await.expect("write");
+    bounded(log.finish()).await.expect("acknowledged");
+    let data: Vec<u8> = api
+        .chunks(&k)
+        .iter()
+        .flat_map(|c| {
+            cd_common::logcodec::decode(&c.data, c.encoding, usize::MAX).expect("decodes")
+        })
+        .collect();
+    let mut expected = filler;
+    expected.extend_from_slice(b"*** end\n[cd-agent] saw ***\nhunter");
+    assert_eq!(
+        String::from_utf8_lossy(&data),
+        String::from_utf8_lossy(&expected)
+    );
+}

@@ -428,7 +428,12 @@ async fn the_leader_masks_what_an_agent_that_does_not_mask_sends() -> Result<()>
     let key_hex: String = (0..32).map(|_| format!("{:02x}", rand_byte())).collect();
     std::fs::write(&key_file, &key_hex)?;
     let key_arg = key_file.display().to_string();
-    let s = Single::start(&[], &["--secret-key-file", &key_arg, "--lease", "300s"], &[]).await?;
+    let s = Single::start(
+        &[],
+        &["--secret-key-file", &key_arg, "--lease", "300s"],
+        &[],
+    )
+    .await?;
     let mut c = s.client().await?;
     let value = unique("raw-");
     c.set_secret(pb::SetSecretRequest {

@@ -198,6 +198,19 @@ mod tests {
                 "CD_WORKSPACE=/workspace".to_string()
             ])
         );
+        // Secrets join the container's environment (and only its environment).
+        let mut with_secret = spec(Default::default());
+        with_secret.secrets =
+            crate::executor::SecretEnv(BTreeMap::from([("TOKEN".to_string(), "v".to_string())]));
+        let secret_body = create_body(&with_secret, &workspace(), "agent-1").expect("valid");
+        assert_eq!(
+            secret_body.env,
+            Some(vec![
+                "A=1".to_string(),
+                "CD_WORKSPACE=/workspace".to_string(),
+                "TOKEN=v".to_string()
+            ])
+        );
         let labels = body.labels.expect("labels");
         assert_eq!(labels[LABEL_AGENT], "agent-1");
         assert_eq!(labels[LABEL_RUN], "r1");

@@ -323,3 +323,30 @@ fn names_from_the_network_become_safe_path_components() {
         "no collisions"
     );
 }
+
+#[tokio::test]
+async fn secrets_are_in_the_stage_environment_and_not_in_its_debug_form() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let exec = ProcessExecutor::new(root.path());
+    let mut spec = spec("sec", "printf '%s|%s' \"$TOKEN\" \"$CD_STAGE\"");
+    spec.secrets = crate::executor::SecretEnv(BTreeMap::from([(
+        "TOKEN".to_string(),
+        "value-of-token".to_string(),
+    )]));
+    let shown = format!("{spec:?}");
+    assert!(
+        shown.contains("TOKEN") && !shown.contains("value-of-token"),
+        "{shown}"
+    );
+    let ws = exec.prepare(&spec).await.expect("prepare");
+    let ran = run_with(
+        &exec,
+        &spec,
+        &ws,
+        CancellationToken::new(),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "value-of-token|sec");
+    exec.destroy(ws).await.expect("destroy");
+}
