@@ -95,6 +95,23 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
     let shutdown = crate::shutdown_on_signals();
     let mut cfg = CoordinatorConfig::new(data_dir.join("node"), node_tls);
     cfg.lease = args.lease;
+    // Secrets work in dev mode too: a key made on first start, kept with the data.
+    let key_file = data_dir.join("secret.key");
+    if !key_file.exists() {
+        let hex = cd_coordinator::secret_key::SecretKey::generate_hex()?;
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_file)
+            .and_then(|mut f| f.write_all(format!("{hex}\n").as_bytes()))
+            .with_context(|| format!("cannot write {}", key_file.display()))?;
+    }
+    cfg.secret_key = Some(std::sync::Arc::new(
+        cd_coordinator::secret_key::SecretKey::load(&key_file)?,
+    ));
     let coordinator = Coordinator::start(cfg, listener, shutdown.clone())?;
 
     let agent_cfg = cd_agent::AgentConfig {

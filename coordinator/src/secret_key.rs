@@ -97,6 +97,15 @@ impl SecretKey {
         })
     }
 
+    /// A new random key as 64 hex characters (what a key file holds).
+    pub fn generate_hex() -> Result<String, SecretKeyError> {
+        let mut bytes = [0u8; KEY_LEN];
+        SystemRandom::new()
+            .fill(&mut bytes)
+            .map_err(|_| SecretKeyError::Random)?;
+        Ok(hex(&bytes))
+    }
+
     /// A key from its 64 hex characters.
     pub fn from_hex(text: &str) -> Result<SecretKey, String> {
         let bytes = unhex(text)?;
@@ -270,6 +279,10 @@ mod tests {
                 "{content:?}: {msg}"
             );
         }
+        let generated = SecretKey::generate_hex().unwrap_or_default();
+        assert_eq!(generated.len(), 64);
+        assert!(SecretKey::from_hex(&generated).is_ok());
+        assert_ne!(Some(generated), SecretKey::generate_hex().ok());
         let missing = SecretKey::load(&dir.path().join("none.key")).map(|_| ());
         let msg = missing.map_err(|e| e.to_string()).err().unwrap_or_default();
         assert!(msg.contains("none.key"), "{msg}");

@@ -347,8 +347,10 @@ impl AgentService for AgentApi {
             });
         }
         let key = self.cfg.secret_key.clone();
-        self.node
-            .read(|st| masking::mask_chunks(key.as_deref(), st, &mut chunks));
+        let secrets = self
+            .node
+            .read(|st| masking::StageValues::for_chunks(key.as_deref(), st, &chunks));
+        secrets.mask(&mut chunks);
         let out = self
             .node
             .propose(Kind::AppendLogs(cmd::AppendLogs { chunks }))

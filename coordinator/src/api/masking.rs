@@ -83,50 +83,50 @@ pub(super) fn attach_secrets(
     }
 }
 
-/// Secret values per (run, stage), opened once per request.
+/// Secret values per (run, stage) of one request's chunks, opened under the state lock so the
+/// masking itself (decode, scan, re-encode) runs outside it.
 #[derive(Default)]
 pub(super) struct StageValues(HashMap<(String, String), Vec<Vec<u8>>>);
 
 impl StageValues {
-    /// The values to mask in output of `stage`. A stage whose secrets cannot be opened never
-    /// received them, so there is nothing of them to mask.
-    pub(super) fn get(
-        &mut self,
-        key: Option<&SecretKey>,
-        st: &State,
-        run_id: &str,
-        stage: &str,
-    ) -> &[Vec<u8>] {
-        self.0
-            .entry((run_id.to_string(), stage.to_string()))
-            .or_insert_with(|| {
-                open_for_stage(key, st, run_id, stage)
-                    .map(|m| m.into_values().map(String::into_bytes).collect())
-                    .unwrap_or_default()
-            })
-    }
-}
-
-/// Masks secret values in each chunk of its own stage (decoded, masked, re-encoded).
-pub(super) fn mask_chunks(key: Option<&SecretKey>, st: &State, chunks: &mut [LogChunk]) {
-    if st.secrets.is_empty() {
-        return;
-    }
-    let mut values = StageValues::default();
-    for c in chunks.iter_mut() {
-        let Some(k) = &c.key else { continue };
-        let vals = values.get(key, st, &k.run_id, &k.stage);
-        if vals.is_empty() {
-            continue;
+    /// The values of every stage the chunks belong to. A stage whose secrets cannot be opened
+    /// never received them, so there is nothing of them to mask.
+    pub(super) fn for_chunks(key: Option<&SecretKey>, st: &State, chunks: &[LogChunk]) -> Self {
+        let mut out = StageValues::default();
+        if st.secrets.is_empty() {
+            return out;
         }
-        // The caller checked that every chunk decodes within the limit.
-        let Ok(plain) = cd_common::logcodec::decode(&c.data, c.encoding, usize::MAX) else {
-            continue;
-        };
-        if let Some(masked) = cd_common::secrets::mask(&plain, vals) {
-            let (data, encoding) = cd_common::logcodec::encode(&masked);
-            c.data = data;
-            c.encoding = encoding;
+        for k in chunks.iter().filter_map(|c| c.key.as_ref()) {
+            out.0
+                .entry((k.run_id.clone(), k.stage.clone()))
+                .or_insert_with(|| {
+                    open_for_stage(key, st, &k.run_id, &k.stage)
+                        .map(|m| m.into_values().map(String::into_bytes).collect())
+                        .unwrap_or_default()
+                });
+        }
+        out
+    }
+
+    /// Masks each chunk with its own stage's values (decoded, masked, re-encoded).
+    pub(super) fn mask(&self, chunks: &mut [LogChunk]) {
+        for c in chunks.iter_mut() {
+            let Some(k) = &c.key else { continue };
+            let Some(vals) = self.0.get(&(k.run_id.clone(), k.stage.clone())) else {
+                continue;
+            };
+            if vals.is_empty() {
+                continue;
+            }
+            // The caller checked that every chunk decodes within the limit.
+            let Ok(plain) = cd_common::logcodec::decode(&c.data, c.encoding, usize::MAX) else {
+                continue;
+            };
+            if let Some(masked) = cd_common::secrets::mask(&plain, vals) {
+                let (data, encoding) = cd_common::logcodec::encode(&masked);
+                c.data = data;
+                c.encoding = encoding;
+            }
         }
     }
 }
@@ -250,7 +250,7 @@ mod tests {
             chunk("acceptance", b"hunter2-xyz is not this stage's secret\n"),
         ];
         assert_eq!(chunks[1].encoding, cd_common::logcodec::LZ4);
-        mask_chunks(Some(&key), &k.state, &mut chunks);
+        StageValues::for_chunks(Some(&key), &k.state, &chunks).mask(&mut chunks);
         let text = |c: &LogChunk| {
             cd_common::logcodec::decode(&c.data, c.encoding, usize::MAX).unwrap_or_default()
         };
