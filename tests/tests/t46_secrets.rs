@@ -532,3 +532,67 @@ async fn the_leader_masks_what_an_agent_that_does_not_mask_sends() -> Result<()>
     ensure!(leaks.is_empty(), "the value is in {leaks:?}");
     Ok(())
 }
+
+/// The Docker executor: a container stage gets the secret in its environment (checked by its
+/// SHA-256 inside the container), its output is masked, and a container stage that does not
+/// list the secret does not have it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_stage_gets_its_secret_and_its_output_is_masked() -> Result<()> {
+    use cd_tests::docker::{self, Sweep};
+    docker::busybox_image();
+    let name = docker::agent_name("secret");
+    let _sweep = Sweep::agent(&name);
+    let keys = tempfile::tempdir()?;
+    let key_file = keys.path().join("secret.key");
+    let key_hex: String = (0..32).map(|_| format!("{:02x}", rand_byte())).collect();
+    std::fs::write(&key_file, &key_hex)?;
+    let key_arg = key_file.display().to_string();
+    let s = Single::start(&[&name], &["--secret-key-file", &key_arg], &[]).await?;
+    let value = unique("dk-");
+    let set = run_with_stdin(
+        {
+            let mut cmd = s.cdctl();
+            cmd.args(["secret", "set", "TOKEN"]);
+            cmd
+        },
+        value.as_bytes(),
+    )?;
+    ensure!(set.status.success(), "{}", text(&set));
+    let yaml = format!(
+        r#"
+name: dk
+stages:
+  - name: inside
+    image: {image}
+    image_pull: never
+    secrets: [TOKEN]
+    run: |
+      test "$(printf %s "$TOKEN" | sha256sum | cut -d' ' -f1)" = "{sha}" || {{ echo "wrong value"; exit 3; }}
+      echo "in container: $TOKEN"
+  - name: other
+    image: {image}
+    image_pull: never
+    needs: [inside]
+    run: |
+      if [ -n "${{TOKEN+x}}" ]; then echo "TOKEN leaked"; exit 4; fi
+      echo clean
+"#,
+        image = docker::BUSYBOX_IMAGE,
+        sha = sha256_hex(&value)
+    );
+    let mut c = s.client().await?;
+    apply_pipeline(&mut c, &yaml, s.tmp.path()).await?;
+    let run_id = start_run(&mut c, "dk", &[]).await?;
+    let run = s.wait_final(&run_id, Duration::from_secs(90)).await?;
+    ensure!(
+        run.state == RunState::Succeeded as i32,
+        "{}",
+        describe(Some(&run))
+    );
+    let logs = ok(s.cdctl(), &["logs", &run_id, "inside"])?;
+    ensure!(
+        logs.contains("in container: ***") && !logs.contains(&value),
+        "{logs}"
+    );
+    Ok(())
+}
