@@ -274,6 +274,20 @@ fn durations_in_stages() {
 }
 
 #[test]
+fn secrets_are_listed_names_and_absent_from_the_stored_form_when_unused() {
+    let yaml = "name: p\nstages:\n  - name: a\n    run: x\n    secrets: [TOKEN, _B2]\n  - name: b\n    run: y\n";
+    let spec = parse(yaml, "p.yaml").expect("valid");
+    assert_eq!(spec.stages[0].secrets, ["TOKEN", "_B2"]);
+    assert!(spec.stages[1].secrets.is_empty());
+    // A stage without secrets serialises as before (stored specs keep their form).
+    let json = serde_json::to_value(&spec.stages[1]).expect("json");
+    assert!(json.get("secrets").is_none(), "{json}");
+    let back: PipelineSpec =
+        serde_json::from_str(&serde_json::to_string(&spec).expect("json")).expect("back");
+    assert_eq!(back, spec);
+}
+
+#[test]
 fn merge_keys_share_stage_defaults() {
     let yaml = r#"
 name: p
