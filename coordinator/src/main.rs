@@ -78,6 +78,14 @@ struct ServeArgs {
     /// Writes one identity may make in a burst above --write-rate.
     #[arg(long, default_value_t = 200)]
     write_burst: u32,
+    /// Messages queued for one server stream (an agent's Attach, WatchRun, FollowLogs) before
+    /// the coordinator waits for the client to read.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    max_stream_inflight: u32,
+    /// How long a server stream's queue may stay full (the client not reading) before the
+    /// stream is ended with RESOURCE_EXHAUSTED naming --max-stream-inflight.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    stream_stall_timeout: std::time::Duration,
     /// Every initial member as ID=URL, comma-separated, the same on every node, e.g.
     /// `1=https://10.0.0.1:7400,2=https://10.0.0.2:7400,3=https://10.0.0.3:7400`.
     /// Omit to run a cluster of one.
@@ -208,6 +216,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     cfg.limits.write_rate = args.write_rate;
     cfg.limits.write_burst = args.write_burst;
     cfg.limits.max_metadata = args.max_metadata_bytes;
+    cfg.limits.max_stream_inflight = args.max_stream_inflight as usize;
+    anyhow::ensure!(
+        !args.stream_stall_timeout.is_zero(),
+        "--stream-stall-timeout must be longer than 0"
+    );
+    cfg.limits.stream_stall = args.stream_stall_timeout;
     let metrics_listener = match args.metrics_listen {
         Some(a) => Some(
             tokio::net::TcpListener::bind(a)

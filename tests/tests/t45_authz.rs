@@ -1054,3 +1054,86 @@ async fn configured_bounds_and_per_identity_write_rate_limits() -> anyhow::Resul
     apply_pipeline(&mut other, small, s.tmp.path()).await?;
     Ok(())
 }
+
+/// A client that stops reading a server stream is cut off once the stream's queue has been
+/// full for `--stream-stall-timeout`, with RESOURCE_EXHAUSTED naming `--max-stream-inflight`;
+/// the coordinator goes on serving the same logs to a client that reads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_a_stream_is_cut_off_naming_the_limit() -> anyhow::Result<()> {
+    let s = Single::start(
+        &["a1"],
+        &[
+            "--max-stream-inflight",
+            "1",
+            "--stream-stall-timeout",
+            "300ms",
+        ],
+        &[],
+    )
+    .await?;
+    let mut c = s.client().await?;
+    // ~31 MB of output: far more than HTTP/2's windows and the socket buffers hold.
+    apply_pipeline(
+        &mut c,
+        "name: chatty\nstages:\n  - { name: talk, run: 'seq 1 4000000' }\n",
+        s.tmp.path(),
+    )
+    .await?;
+    let run = start_run(&mut c, "chatty", &[]).await?;
+    let done = s.wait_final(&run, Duration::from_secs(180)).await?;
+    assert!(
+        stage_is(&done, "talk", pb::StageState::Succeeded),
+        "{}",
+        describe(Some(&done))
+    );
+    let expected: Vec<u8> = (1..=4_000_000u32)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect();
+    assert!(
+        logs(&mut c, &run, "talk").await? == expected,
+        "stored logs differ from seq's output"
+    );
+
+    let mut stalled = c
+        .follow_logs(pb::FollowLogsRequest {
+            run_id: run.clone(),
+            stage: "talk".into(),
+            attempt: 0,
+            follow: false,
+        })
+        .await?
+        .into_inner();
+    let first = stalled.message().await?.expect("a first chunk");
+    let mut got = first.data.len();
+    eventually(
+        "the coordinator to end the stream nobody reads",
+        Duration::from_secs(60),
+        || {
+            let text = s.coord.proc.log_text();
+            async move {
+                text.contains("client stopped reading; stream ended")
+                    .then_some(())
+            }
+        },
+    )
+    .await?;
+    let err = loop {
+        match stalled.message().await {
+            Ok(Some(chunk)) => got += chunk.data.len(),
+            Ok(None) => panic!("the stream ended without an error after {got} bytes"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("--max-stream-inflight 1"),
+        "{}",
+        err.message()
+    );
+    assert!(got < expected.len(), "the whole log was sent ({got} bytes)");
+    assert!(
+        logs(&mut c, &run, "talk").await? == expected,
+        "a reading client still gets it all"
+    );
+    Ok(())
+}

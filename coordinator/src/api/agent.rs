@@ -5,8 +5,7 @@ use cd_proto::v1 as pb;
 use cd_proto::v1::agent_service_server::AgentService;
 use futures::Stream;
 use std::pin::Pin;
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info, info_span, instrument, warn};
@@ -199,10 +198,9 @@ impl AgentService for AgentApi {
             .map_err(from_propose)?;
         // Subscribe before reading state so no assignment falls between the two.
         let mut events = self.node.subscribe();
-        let (tx, rx) = mpsc::channel(256);
-        for m in self.live_assignments(&r.agent) {
-            let _ = tx.send(Ok(m)).await;
-        }
+        let (tx, rx) = super::outbox::outbox(self.cfg.limits.stream_bounds());
+        // Sent from the task below: the client reads only once this handler has returned.
+        let resend = self.live_assignments(&r.agent);
         let generation = self.sessions.connect(&r.agent);
         info!(slots = r.slots, labels = ?r.labels, "agent attached");
         let api = self.clone();
@@ -211,7 +209,13 @@ impl AgentService for AgentApi {
         let mut status = self.node.status();
         tokio::spawn(
             async move {
-                loop {
+                for m in resend {
+                    if tx.send(Ok(m)).await.is_err() {
+                        api.sessions.disconnect(&agent, generation);
+                        return;
+                    }
+                }
+                'stream: loop {
                     let msg = tokio::select! {
                         _ = tx.closed() => break,
                         _ = api.shutdown.cancelled() => break,
@@ -243,7 +247,7 @@ impl AgentService for AgentApi {
                     };
                     for m in msg {
                         if tx.send(Ok(m)).await.is_err() {
-                            break;
+                            break 'stream;
                         }
                     }
                 }
@@ -252,7 +256,7 @@ impl AgentService for AgentApi {
             }
             .instrument(span),
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(rx)))
     }
 
     async fn heartbeat(

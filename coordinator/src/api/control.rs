@@ -7,8 +7,7 @@ use std::pin::Pin;
 use cd_proto::v1 as pb;
 use cd_proto::v1::control_service_server::ControlService;
 use futures::Stream;
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
@@ -310,7 +309,7 @@ impl ControlService for ControlApi {
         let id = req.into_inner().run_id;
         let mut events = self.node.subscribe();
         let first = self.run_pb(&id)?;
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = super::outbox::outbox(self.cfg.limits.stream_bounds());
         let api = self.clone();
         tokio::spawn(async move {
             let mut last = first;
@@ -341,7 +340,7 @@ impl ControlService for ControlApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(rx)))
     }
 
     async fn follow_logs(
@@ -371,7 +370,7 @@ impl ControlService for ControlApi {
             Some(true) => {}
         }
         let mut events = self.node.subscribe();
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = super::outbox::outbox(self.cfg.limits.stream_bounds());
         let api = self.clone();
         tokio::spawn(async move {
             let mut pos = (r.attempt, 0u64);
@@ -433,7 +432,7 @@ impl ControlService for ControlApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(rx)))
     }
 
     #[instrument(skip_all, fields(run = %req.get_ref().run_id, stage = %req.get_ref().stage))]

@@ -10,6 +10,7 @@ pub mod convert;
 mod feedback;
 mod identity;
 mod masking;
+mod outbox;
 mod peer;
 mod rate;
 mod revoke;
@@ -52,6 +53,19 @@ pub struct Limits {
     pub write_burst: u32,
     /// Largest request metadata (header names and values), in bytes.
     pub max_metadata: usize,
+    /// Messages queued for one server stream (Attach, WatchRun, FollowLogs) at most.
+    pub max_stream_inflight: usize,
+    /// How long a server stream's queue may stay full before the stream is ended.
+    pub stream_stall: Duration,
+}
+
+impl Limits {
+    pub(crate) fn stream_bounds(&self) -> outbox::StreamBounds {
+        outbox::StreamBounds {
+            inflight: self.max_stream_inflight,
+            stall: self.stream_stall,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -68,6 +82,8 @@ impl Default for Limits {
             write_rate: 0.0,
             write_burst: 200,
             max_metadata: 8 * 1024,
+            max_stream_inflight: 256,
+            stream_stall: Duration::from_secs(30),
         }
     }
 }
