@@ -530,6 +530,27 @@ async fn the_leader_masks_what_an_agent_that_does_not_mask_sends() -> Result<()>
     );
     let leaks = files_containing(&s.coord.data_dir, value.as_bytes())?;
     ensure!(leaks.is_empty(), "the value is in {leaks:?}");
+
+    // Delete: gone from the list, audited, and a second delete names what is missing.
+    ok(s.cdctl(), &["secret", "delete", "TOKEN"])?;
+    let list = ok(s.cdctl(), &["secret", "list", "-o", "json"])?;
+    ensure!(
+        serde_json::from_str::<serde_json::Value>(&list)? == serde_json::json!([]),
+        "{list}"
+    );
+    let audit = ok(s.cdctl(), &["audit"])?;
+    ensure!(
+        audit
+            .lines()
+            .any(|l| l.contains("secret-delete") && l.contains("TOKEN")),
+        "{audit}"
+    );
+    let again = s.cdctl().args(["secret", "delete", "TOKEN"]).output()?;
+    ensure!(
+        !again.status.success() && text(&again).contains("secret TOKEN does not exist"),
+        "{}",
+        text(&again)
+    );
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! `cdctl secret set|list|delete`: the value comes from stdin only (never argv, which shell
 //! history and `ps` show), and nothing this command prints ever contains it.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 
 use cd_proto::v1::{DeleteSecretRequest, ListSecretsRequest, SetSecretRequest};
 use serde_json::json;
@@ -40,6 +40,10 @@ fn check_name(name: &str) -> anyhow::Result<()> {
 async fn set(ctx: &Ctx, name: String) -> anyhow::Result<()> {
     check_name(&name)?;
     let limit = cd_common::secrets::MAX_VALUE_LEN as u64 + 3;
+    if std::io::stdin().is_terminal() {
+        // Not echoed anywhere but the terminal itself; say what is expected instead of hanging.
+        eprintln!("reading the value of {name} from standard input; end it with Ctrl-D");
+    }
     let mut raw = Vec::new();
     std::io::stdin().take(limit).read_to_end(&mut raw)?;
     let value = value_from(raw);
