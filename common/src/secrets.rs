@@ -271,7 +271,8 @@ mod tests {
 
     /// Throughput of the agent's masking (`cargo test -p cd-common --release --lib
     /// masking_throughput -- --ignored --nocapture`): 64 MiB of log text in 32 KiB writes
-    /// with three 24-byte secrets, one occurrence per 4 KiB.
+    /// with three 24-byte secrets, one occurrence per 4 KiB. Measured 2026-11-28: about
+    /// 1,350 MiB/s release, 150 MiB/s debug.
     #[test]
     #[ignore]
     fn masking_throughput() {
