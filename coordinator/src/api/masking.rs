@@ -223,6 +223,49 @@ mod tests {
         );
     }
 
+    /// The leader's cost per PushLogs (`cargo test -p cd-coordinator --lib
+    /// leader_masking_cost -- --ignored --nocapture`): 256 LZ4 chunks of 8 KiB of one stage
+    /// with a secret, opened, decoded, masked and re-encoded.
+    #[test]
+    #[ignore]
+    fn leader_masking_cost() {
+        let Ok(key) = SecretKey::from_hex(KEY) else {
+            panic!("key")
+        };
+        let (k, run) = kit_with_secret(&key, "hunter2-xyz-0123456789");
+        let text: Vec<u8> = b"12:00:01.123 INFO runner::start case_00042 took 0.031s ok\n"
+            .repeat(140)
+            .into_iter()
+            .take(8192)
+            .collect();
+        let (data, encoding) = cd_common::logcodec::encode(&text);
+        let chunks: Vec<LogChunk> = (0..256)
+            .map(|seq| LogChunk {
+                key: Some(AttemptKey {
+                    run_id: run.clone(),
+                    stage: "build".into(),
+                    attempt: 1,
+                    ..Default::default()
+                }),
+                seq,
+                data: data.clone(),
+                encoding,
+            })
+            .collect();
+        let rounds = 20;
+        let started = std::time::Instant::now();
+        for _ in 0..rounds {
+            let mut batch = chunks.clone();
+            StageValues::for_chunks(Some(&key), &k.state, &batch).mask(&mut batch);
+        }
+        let per_push = started.elapsed() / rounds;
+        let mib = (256 * 8192) as f64 / (1 << 20) as f64;
+        println!(
+            "one push of 256 x 8 KiB LZ4 chunks ({mib} MiB): {per_push:?}, {:.0} MiB/s",
+            mib / per_push.as_secs_f64()
+        );
+    }
+
     #[test]
     fn chunks_and_results_of_the_stage_are_masked_raw_and_lz4() {
         let Ok(key) = SecretKey::from_hex(KEY) else {
