@@ -225,7 +225,8 @@ mod tests {
 
     /// The leader's cost per PushLogs (`cargo test -p cd-coordinator --lib
     /// leader_masking_cost -- --ignored --nocapture`): 256 LZ4 chunks of 8 KiB of one stage
-    /// with a secret, opened, decoded, masked and re-encoded.
+    /// with a secret, opened, decoded and scanned. Measured 2026-11-28: 1.9 ms per push
+    /// release, 17 ms debug.
     #[test]
     #[ignore]
     fn leader_masking_cost() {
