@@ -8,18 +8,49 @@ use serde::{Deserialize, Serialize};
 use super::command::{DeleteSecret, SetSecret};
 use super::{Outcome, State, StateError};
 
-/// Most secrets a cluster keeps (each up to 64 KiB sealed, all in the state snapshot).
+/// Most secrets a cluster keeps.
 pub const MAX_SECRETS: usize = 1000;
+/// Most sealed bytes all secrets together may take: they live in every state snapshot.
+pub const MAX_TOTAL_BYTES: usize = 8 * 1024 * 1024;
 
-/// One stored secret. Never holds the value in clear.
+/// One stored secret. Never holds the value in clear. Bytes are hex in snapshots (serde would
+/// write a JSON number per byte, four times the size).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SecretRecord {
     pub format: u32,
+    #[serde(with = "hex_bytes")]
     pub key_id: Vec<u8>,
+    #[serde(with = "hex_bytes")]
     pub nonce: Vec<u8>,
+    #[serde(with = "hex_bytes")]
     pub ciphertext: Vec<u8>,
     pub updated_at_ms: i64,
     pub updated_by: String,
+}
+
+/// Bytes as a lowercase hex string.
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        if !text.len().is_multiple_of(2) {
+            return Err(D::Error::custom("odd number of hex characters"));
+        }
+        (0..text.len())
+            .step_by(2)
+            .map(|i| {
+                text.get(i..i + 2)
+                    .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                    .ok_or_else(|| D::Error::custom("not hex"))
+            })
+            .collect()
+    }
 }
 
 fn check_name(name: &str) -> Result<(), StateError> {
@@ -43,6 +74,18 @@ pub(super) fn set(state: &mut State, c: &SetSecret, at: i64) -> Result<Outcome, 
     if !state.secrets.contains_key(&c.name) && state.secrets.len() >= MAX_SECRETS {
         return Err(StateError::FailedPrecondition(format!(
             "the cluster already keeps {MAX_SECRETS} secrets, the limit; delete one first"
+        )));
+    }
+    let others: usize = state
+        .secrets
+        .iter()
+        .filter(|(name, _)| **name != c.name)
+        .map(|(_, r)| r.ciphertext.len())
+        .sum();
+    if others + c.ciphertext.len() > MAX_TOTAL_BYTES {
+        return Err(StateError::FailedPrecondition(format!(
+            "secrets would take {} bytes together, over the limit of {MAX_TOTAL_BYTES}; delete some first",
+            others + c.ciphertext.len()
         )));
     }
     state.secrets.insert(
@@ -104,6 +147,11 @@ mod tests {
         k.ok(as_caller(op.into(), Kind::SetSecret(again)));
         assert_eq!(k.state.secrets.len(), 1);
         let snap = k.state.to_snapshot().unwrap_or_default();
+        let text = String::from_utf8_lossy(&snap);
+        assert!(
+            text.contains("\"ciphertext\":\"0506\""),
+            "hex in snapshots: {text}"
+        );
         let back = State::from_snapshot(&snap);
         assert_eq!(back.ok().map(|s| s.secrets), Some(k.state.secrets.clone()));
         k.ok(as_caller(
@@ -145,6 +193,14 @@ mod tests {
             name: "NOPE".into(),
         }));
         assert!(matches!(r.result, Err(StateError::NotFound(_))));
+        let mut huge = set_cmd("HUGE");
+        huge.ciphertext = vec![0; MAX_TOTAL_BYTES + 1];
+        let r = k.apply(Kind::SetSecret(huge));
+        assert!(
+            matches!(&r.result, Err(StateError::FailedPrecondition(m)) if m.contains("over the limit")),
+            "{:?}",
+            r.result
+        );
         assert!(k.state.secrets.is_empty());
     }
 }
