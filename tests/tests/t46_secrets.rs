@@ -158,6 +158,27 @@ async fn a_secret_reaches_only_its_stage_and_is_stored_and_shown_nowhere() -> Re
     )?;
     ensure!(set.status.success(), "secret set failed: {}", text(&set));
     let mut shown = vec![text(&set)];
+    // Asked of a follower, the call goes to the leader (only the leader seals).
+    let leader = c.leader(Duration::from_secs(10)).await?;
+    let follower = c
+        .nodes
+        .iter()
+        .find(|n| n.id != leader)
+        .context("a follower")?;
+    let via_follower = run_with_stdin(
+        {
+            let mut cmd = cdctl(&follower.url, &c.op);
+            cmd.args(["secret", "set", "OTHER"]);
+            cmd
+        },
+        b"other-value",
+    )?;
+    ensure!(
+        via_follower.status.success(),
+        "secret set via a follower: {}",
+        text(&via_follower)
+    );
+    shown.push(text(&via_follower));
 
     let mut client = c.leader_control().await?;
     apply_pipeline(
@@ -213,7 +234,10 @@ async fn a_secret_reaches_only_its_stage_and_is_stored_and_shown_nowhere() -> Re
     );
     let list_json = ok(c.cdctl(), &["secret", "list", "-o", "json"])?;
     let parsed: serde_json::Value = serde_json::from_str(&list_json)?;
-    ensure!(parsed[0]["name"] == "TOKEN", "{list_json}");
+    ensure!(
+        parsed[0]["name"] == "OTHER" && parsed[1]["name"] == "TOKEN",
+        "{list_json}"
+    );
     let audit = ok(c.cdctl(), &["audit"])?;
     ensure!(
         audit.lines().any(|l| l.contains("secret-set")
