@@ -61,6 +61,29 @@ pub fn mask(data: &[u8], values: &[Vec<u8>]) -> Option<Vec<u8>> {
     (out != data).then_some(out)
 }
 
+/// Where `values` occur in `data`: maximal runs covered by occurrences (overlapping or touching
+/// ones joined), in order. [`mask`] replaces each run with [`MASK`]; a caller that must keep
+/// piece boundaries (the leader, masking across the chunks of one request) maps them itself.
+pub fn covered(data: &[u8], values: &[Vec<u8>]) -> Vec<std::ops::Range<usize>> {
+    let m = Masker::new(values.to_vec());
+    let mut out = Vec::new();
+    if m.is_empty() {
+        return out;
+    }
+    let mut i = 0;
+    while i < data.len() {
+        match m.match_at(data, i) {
+            Some(end) => {
+                let end = m.chain_end(data, i, end);
+                out.push(i..end);
+                i = end;
+            }
+            None => i += 1,
+        }
+    }
+    out
+}
+
 /// Bytes a masker holds back at most while a chain of overlapping occurrences goes on.
 const MAX_HELD: usize = 64 * 1024;
 
@@ -134,6 +157,18 @@ impl Masker {
             .max()
     }
 
+    /// The end of the run of occurrences that overlap or touch the one at `i..end`.
+    fn chain_end(&self, buf: &[u8], i: usize, mut end: usize) -> usize {
+        let mut j = i + 1;
+        while j <= end && j < buf.len() {
+            if let Some(e) = self.match_at(buf, j) {
+                end = end.max(e);
+            }
+            j += 1;
+        }
+        end
+    }
+
     fn drain(&mut self, all: bool) -> Vec<u8> {
         let buf = std::mem::take(&mut self.held);
         // Any occurrence starting before `safe` fits wholly in `buf`, so bytes before it are
@@ -147,15 +182,8 @@ impl Masker {
         let mut i = 0;
         while i < safe {
             match self.match_at(&buf, i) {
-                Some(mut end) => {
-                    // Swallow occurrences that overlap or touch this one.
-                    let mut j = i + 1;
-                    while j <= end && j < buf.len() {
-                        if let Some(e) = self.match_at(&buf, j) {
-                            end = end.max(e);
-                        }
-                        j += 1;
-                    }
+                Some(end) => {
+                    let end = self.chain_end(&buf, i, end);
                     // An occurrence could still start at `end` and overlap the next piece:
                     // wait for it (so a split stream masks exactly as a whole one), unless
                     // an endless chain of overlaps has made the held bytes too many.
@@ -333,6 +361,15 @@ mod tests {
                     "{:?} survives in {:?}", String::from_utf8_lossy(v), String::from_utf8_lossy(&out));
             }
             let whole = mask(&data, &values).unwrap_or_else(|| data.clone());
+            let mut by_ranges = Vec::new();
+            let mut at = 0;
+            for r in covered(&data, &values) {
+                by_ranges.extend_from_slice(&data[at..r.start]);
+                by_ranges.extend_from_slice(MASK);
+                at = r.end;
+            }
+            by_ranges.extend_from_slice(&data[at..]);
+            proptest::prop_assert_eq!(&by_ranges, &whole, "covered() agrees with mask()");
             proptest::prop_assert_eq!(&out, &whole, "a split stream masks as the whole one");
             let has_value = values.iter().any(|v| data.windows(v.len()).any(|w| w == v.as_slice()));
             if !has_value {

@@ -440,8 +440,9 @@ fn rand_byte() -> u8 {
 }
 
 /// An agent that does not mask: a raw client on the agent API takes the assignment (which must
-/// carry the value, the only place it travels), then ships it in a raw and an LZ4 log chunk and
-/// in its result's error text. The leader masks all three before anything is stored.
+/// carry the value, the only place it travels), then ships it in a raw and an LZ4 log chunk,
+/// split across two chunks of one request, and in its result's error text. The leader masks
+/// all of them before anything is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_masks_what_an_agent_that_does_not_mask_sends() -> Result<()> {
     use cd_proto::v1 as pb;
@@ -529,6 +530,19 @@ async fn the_leader_masks_what_an_agent_that_does_not_mask_sends() -> Result<()>
                     data: lz4,
                     encoding,
                 },
+                // The value split across two chunks of this request.
+                pb::LogChunk {
+                    attempt: Some(attempt.clone()),
+                    seq: 2,
+                    data: format!("split {}", &value[..5]).into_bytes(),
+                    encoding: cd_common::logcodec::RAW,
+                },
+                pb::LogChunk {
+                    attempt: Some(attempt.clone()),
+                    seq: 3,
+                    data: format!("{} end\n", &value[5..]).into_bytes(),
+                    encoding: cd_common::logcodec::RAW,
+                },
             ],
         })
         .await?;
@@ -546,6 +560,7 @@ async fn the_leader_masks_what_an_agent_that_does_not_mask_sends() -> Result<()>
     let run = s.wait_final(&run_id, Duration::from_secs(30)).await?;
     let stored = String::from_utf8_lossy(&cd_tests::logs(&mut c, &run_id, "s").await?).into_owned();
     ensure!(stored.starts_with("raw ***\nlz4 *** again\n"), "{stored}");
+    ensure!(stored.ends_with("again\nsplit ****** end\n"), "{stored}");
     ensure!(!stored.contains(&value), "{stored}");
     let shown = format!("{run:?}");
     ensure!(

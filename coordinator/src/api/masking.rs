@@ -108,26 +108,82 @@ impl StageValues {
         out
     }
 
-    /// Masks each chunk with its own stage's values (decoded, masked, re-encoded).
+    /// Masks each chunk with its own stage's values (decoded, masked, re-encoded). Consecutive
+    /// chunks of one attempt in this request are scanned as one text, so a value split across
+    /// them is found too; each chunk keeps its own bytes (a resent chunk is deduplicated by
+    /// seq, so no byte may move to a neighbour).
     pub(super) fn mask(&self, chunks: &mut [LogChunk]) {
-        for c in chunks.iter_mut() {
-            let Some(k) = &c.key else { continue };
-            let Some(vals) = self.0.get(&(k.run_id.clone(), k.stage.clone())) else {
-                continue;
-            };
-            if vals.is_empty() {
-                continue;
+        let mut start = 0;
+        while start < chunks.len() {
+            let mut end = start + 1;
+            while end < chunks.len() && follows(&chunks[end - 1], &chunks[end]) {
+                end += 1;
             }
-            // The caller checked that every chunk decodes within the limit.
-            let Ok(plain) = cd_common::logcodec::decode(&c.data, c.encoding, usize::MAX) else {
-                continue;
-            };
-            if let Some(masked) = cd_common::secrets::mask(&plain, vals) {
-                let (data, encoding) = cd_common::logcodec::encode(&masked);
-                c.data = data;
-                c.encoding = encoding;
-            }
+            self.mask_run(&mut chunks[start..end]);
+            start = end;
         }
+    }
+
+    /// Masks a run of consecutive chunks of one attempt.
+    fn mask_run(&self, run: &mut [LogChunk]) {
+        let Some(k) = run.first().and_then(|c| c.key.as_ref()) else {
+            return;
+        };
+        let Some(vals) = self.0.get(&(k.run_id.clone(), k.stage.clone())) else {
+            return;
+        };
+        if vals.is_empty() {
+            return;
+        }
+        // The caller checked that every chunk decodes within the limit.
+        let plain: Vec<Vec<u8>> = run
+            .iter()
+            .map(|c| {
+                cd_common::logcodec::decode(&c.data, c.encoding, usize::MAX).unwrap_or_default()
+            })
+            .collect();
+        let text = plain.concat();
+        let ranges = cd_common::secrets::covered(&text, vals);
+        if ranges.is_empty() {
+            return;
+        }
+        let mut offset = 0;
+        for (c, bytes) in run.iter_mut().zip(&plain) {
+            let (lo, hi) = (offset, offset + bytes.len());
+            offset = hi;
+            if bytes.is_empty() {
+                continue;
+            }
+            let mut out = Vec::with_capacity(bytes.len());
+            let mut at = lo;
+            for r in ranges.iter().filter(|r| r.start < hi && r.end > lo) {
+                let (a, b) = (r.start.max(lo), r.end.min(hi));
+                out.extend_from_slice(&text[at..a]);
+                out.extend_from_slice(cd_common::secrets::MASK);
+                at = b;
+            }
+            if at == lo && out.is_empty() {
+                continue;
+            }
+            out.extend_from_slice(&text[at..hi]);
+            let (data, encoding) = cd_common::logcodec::encode(&out);
+            c.data = data;
+            c.encoding = encoding;
+        }
+    }
+}
+
+/// Whether `b` is the chunk right after `a` of the same attempt.
+fn follows(a: &LogChunk, b: &LogChunk) -> bool {
+    match (&a.key, &b.key) {
+        (Some(x), Some(y)) => {
+            x.run_id == y.run_id
+                && x.stage == y.stage
+                && x.attempt == y.attempt
+                && x.term == y.term
+                && b.seq == a.seq + 1
+        }
+        _ => false,
     }
 }
 
@@ -305,6 +361,15 @@ mod tests {
             b"hunter2-xyz is not this stage's secret\n",
             "another stage's output is left alone (it never received the value)"
         );
+        // A value split across two consecutive chunks of one request: each keeps its bytes.
+        let mut split = vec![
+            chunk("build", b"start hunter2"),
+            chunk("build", b"-xyz end\n"),
+        ];
+        split[1].seq = 1;
+        StageValues::for_chunks(Some(&key), &k.state, &split).mask(&mut split);
+        assert_eq!(text(&split[0]), b"start ***");
+        assert_eq!(text(&split[1]), b"*** end\n");
         let mut result = StageResult {
             errors: vec!["bad token hunter2-xyz".into()],
             ..Default::default()
