@@ -78,7 +78,13 @@ pub fn covered(data: &[u8], values: &[Vec<u8>]) -> Vec<std::ops::Range<usize>> {
                 out.push(i..end);
                 i = end;
             }
-            None => i += 1,
+            None => {
+                // On to the next byte a value could start at.
+                i = data[i + 1..]
+                    .iter()
+                    .position(|b| m.starts[usize::from(*b)])
+                    .map_or(data.len(), |p| i + 1 + p);
+            }
         }
     }
     out

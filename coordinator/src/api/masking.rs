@@ -281,8 +281,8 @@ mod tests {
 
     /// The leader's cost per PushLogs (`cargo test -p cd-coordinator --lib
     /// leader_masking_cost -- --ignored --nocapture`): 256 LZ4 chunks of 8 KiB of one stage
-    /// with a secret, opened, decoded and scanned. Measured 2026-11-28: 1.9 ms per push
-    /// release, 17 ms debug.
+    /// with a secret, opened, decoded and scanned as one text. Measured 2026-11-28: 3.0-3.6 ms
+    /// per push release (machine shared, load about 4), 24.5 ms debug.
     #[test]
     #[ignore]
     fn leader_masking_cost() {
