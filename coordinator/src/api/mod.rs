@@ -5,6 +5,7 @@
 mod agent;
 pub mod authz;
 mod cluster;
+pub mod conn_info;
 mod control;
 pub mod convert;
 mod feedback;
@@ -79,6 +80,8 @@ pub struct ApiConfig {
     pub faults: Option<Faults>,
     /// Webhook deliveries this node refused, shown with pipelines.
     pub webhook_stats: crate::triggers::webhook::WebhookStats,
+    /// Bumped on each reload of this node's certificate (read by the peer transport).
+    pub cert_generation: tls_reload::CertGeneration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +115,7 @@ pub async fn serve(
             .map(std::sync::Arc::new),
         max_metadata: cfg.limits.max_metadata,
     };
-    let cert = tls_reload::ReloadingCert::load(tls)?;
+    let cert = tls_reload::ReloadingCert::load(tls, cfg.cert_generation.clone())?;
     let tls_config = tls_reload::server_config(tls, cert.clone())?;
     tokio::spawn(cert.watch(shutdown.clone()));
     let max = cfg.limits.max_message;
