@@ -242,23 +242,5 @@ pub(super) async fn run_peer(link: Link, mut rx: mpsc::Receiver<Message>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_reloaded_certificate_means_a_new_channel() {
-        let certs = CertGeneration::default();
-        assert!(needs_new_channel(None, certs.get()), "no channel yet");
-        let built = certs.get();
-        assert!(
-            !needs_new_channel(Some(built), certs.get()),
-            "nothing changed"
-        );
-        certs.bump();
-        assert!(
-            needs_new_channel(Some(built), certs.get()),
-            "the certificate was reloaded after the channel was built"
-        );
-        assert!(!needs_new_channel(Some(certs.get()), certs.get()));
-    }
-}
+#[path = "peer_link_tests.rs"]
+mod tests;
