@@ -1,8 +1,9 @@
 //! One peer's sending task: batches of Raft messages go down one long-lived client stream
 //! (`RaftPeer/Stream`) instead of one unary call each, so a batch costs a DATA frame rather
-//! than a new HTTP/2 stream with HEADERS and trailers. When the stream fails, the peer is
-//! reported unreachable, the link waits [`BACKOFF`] (dropping what queues meanwhile: Raft
-//! retransmits) and reopens it. A peer that answers UNIMPLEMENTED (an older node in a rolling
+//! than a new HTTP/2 stream with HEADERS and trailers. A stream that worked and has ended (the
+//! peer restarted) is reopened by the next batch; one that fails straight after opening means
+//! the peer is down: it is reported unreachable and the link waits [`BACKOFF`] (dropping what
+//! queues meanwhile: Raft retransmits) before the next try. A peer that answers UNIMPLEMENTED (an older node in a rolling
 //! upgrade) gets unary `Send` calls for [`LEGACY_RETRY`] before the stream is tried again.
 //! When this node's certificate is reloaded, the link builds a new channel, so peers see the
 //! new certificate without a restart.
@@ -56,6 +57,7 @@ enum Ended {
 struct OpenStream {
     tx: mpsc::Sender<MessageBatch>,
     ended: oneshot::Receiver<Ended>,
+    opened: Instant,
 }
 
 /// A channel built with the certificate of one reload generation.
@@ -135,14 +137,17 @@ impl Link {
             }
             .in_current_span(),
         );
-        OpenStream { tx, ended }
+        OpenStream {
+            tx,
+            ended,
+            opened: Instant::now(),
+        }
     }
 
     /// Sends one batch: down the stream, or as a unary call to an older peer.
     async fn send_batch(&self, st: &mut State, batch: MessageBatch) {
         let now = Instant::now();
         let legacy = st.legacy_until.is_some_and(|t| now < t);
-        let backing_off = st.retry_at.is_some_and(|t| now < t);
         let Some(conn) = self.conn(&mut st.conn) else {
             self.feedback.unreachable(self.to);
             return;
@@ -172,15 +177,22 @@ impl Link {
                     return;
                 }
                 Ok(Ended::Other) | Err(oneshot::error::TryRecvError::Closed) => {
+                    // A stream that worked for a while (the peer restarted since: a follower
+                    // sends nothing to another follower until it campaigns) is reopened at
+                    // once, so a vote request is not lost; one that failed straight after
+                    // opening means the peer is down: back off.
+                    let lived = now.saturating_duration_since(open.opened);
                     conn.stream = None;
-                    st.retry_at = Some(now + BACKOFF);
-                    self.feedback.unreachable(self.to);
-                    return;
+                    if lived < BACKOFF {
+                        st.retry_at = Some(now + BACKOFF);
+                        self.feedback.unreachable(self.to);
+                        return;
+                    }
                 }
             }
         }
         if conn.stream.is_none() {
-            if backing_off {
+            if st.retry_at.is_some_and(|t| now < t) {
                 self.feedback.unreachable(self.to);
                 return;
             }

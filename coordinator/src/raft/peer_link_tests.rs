@@ -33,6 +33,8 @@ fn a_reloaded_certificate_means_a_new_channel() {
 #[derive(Clone)]
 struct Peer {
     has_stream: bool,
+    /// Ends each stream after its first batch, as a restarted peer would.
+    one_batch_per_stream: bool,
     got: mpsc::UnboundedSender<(&'static str, MessageBatch)>,
 }
 
@@ -60,6 +62,9 @@ impl RaftPeer for Peer {
         let mut stream = req.into_inner();
         while let Some(b) = stream.message().await? {
             let _ = self.got.send(("stream", b));
+            if self.one_batch_per_stream {
+                break;
+            }
         }
         Ok(Response::new(SendAck {}))
     }
@@ -69,6 +74,7 @@ impl RaftPeer for Peer {
 /// the link's queue and what the peer receives.
 async fn setup(
     has_stream: bool,
+    one_batch_per_stream: bool,
 ) -> (
     tempfile::TempDir,
     mpsc::Sender<Message>,
@@ -89,6 +95,7 @@ async fn setup(
     let (got_tx, got) = mpsc::unbounded_channel();
     let peer = Peer {
         has_stream,
+        one_batch_per_stream,
         got: got_tx,
     };
     tokio::spawn(
@@ -114,6 +121,14 @@ async fn setup(
     (dir, tx, got)
 }
 
+fn heartbeat() -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgHeartbeat);
+    m.from = 1;
+    m.to = 2;
+    m
+}
+
 /// Sends heartbeats until the peer has a batch from node 1 (the first ones may be lost while
 /// the link learns what the peer supports; Raft retransmits), and returns how it came.
 async fn first_delivery(
@@ -122,11 +137,7 @@ async fn first_delivery(
 ) -> &'static str {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let mut m = Message::default();
-        m.set_msg_type(MessageType::MsgHeartbeat);
-        m.from = 1;
-        m.to = 2;
-        tx.send(m).await.expect("link runs");
+        tx.send(heartbeat()).await.expect("link runs");
         match tokio::time::timeout(Duration::from_millis(200), got.recv()).await {
             Ok(Some((how, batch))) => {
                 assert_eq!(batch.from, 1);
@@ -145,7 +156,7 @@ async fn first_delivery(
 
 #[tokio::test]
 async fn a_current_peer_gets_batches_on_one_stream() {
-    let (_dir, tx, mut got) = setup(true).await;
+    let (_dir, tx, mut got) = setup(true, false).await;
     assert_eq!(first_delivery(&tx, &mut got).await, "stream");
     // And so do later ones.
     assert_eq!(first_delivery(&tx, &mut got).await, "stream");
@@ -153,7 +164,25 @@ async fn a_current_peer_gets_batches_on_one_stream() {
 
 #[tokio::test]
 async fn an_older_peer_without_the_stream_gets_unary_calls() {
-    let (_dir, tx, mut got) = setup(false).await;
+    let (_dir, tx, mut got) = setup(false, false).await;
     assert_eq!(first_delivery(&tx, &mut got).await, "send");
     assert_eq!(first_delivery(&tx, &mut got).await, "send");
+}
+
+/// A follower sends nothing to another follower until it campaigns, so its stream to a peer
+/// that restarted meanwhile has ended unnoticed; the vote request that finds it must be
+/// delivered (reopening the stream), not dropped, or the election waits another timeout.
+#[tokio::test]
+async fn a_batch_that_finds_an_ended_stream_reopens_it_and_is_delivered() {
+    let (_dir, tx, mut got) = setup(true, true).await;
+    assert_eq!(first_delivery(&tx, &mut got).await, "stream");
+    // The stream has ended; once it has lived past the backoff, it counts as a stream that
+    // worked rather than a peer that is down.
+    tokio::time::sleep(BACKOFF * 3).await;
+    tx.send(heartbeat()).await.expect("link runs");
+    let (how, batch) = tokio::time::timeout(Duration::from_secs(10), got.recv())
+        .await
+        .expect("the one batch is delivered, not dropped")
+        .expect("the peer runs");
+    assert_eq!((how, batch.from), ("stream", 1));
 }
