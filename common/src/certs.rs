@@ -367,6 +367,22 @@ pub fn describe(der: &[u8]) -> Result<CertSummary, CertError> {
     })
 }
 
+/// The serial number of a DER certificate as colon-separated hex (as `openssl x509 -serial`
+/// prints it, lower case): how logs tell a rotated certificate from the one before.
+pub fn serial_from_der(der: &[u8]) -> Result<String, CertError> {
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| CertError::Identity(format!("not an X.509 certificate: {e}")))?;
+    Ok(cert.tbs_certificate.raw_serial_as_string())
+}
+
+/// The serial number of the first certificate in a PEM file (see [`serial_from_der`]).
+pub fn serial_of_pem_file(path: &Path) -> Result<String, CertError> {
+    let text = read_text(path)?;
+    let der = pem_certificate(&text)
+        .map_err(|why| CertError::Io(format!("{}: {why}", path.display())))?;
+    serial_from_der(&der).map_err(|e| CertError::Io(format!("{}: {e}", path.display())))
+}
+
 /// Reads the SPIFFE identity out of a DER certificate.
 pub fn identity_from_der(der: &[u8]) -> Result<Identity, CertError> {
     let (_, cert) = X509Certificate::from_der(der)

@@ -114,11 +114,13 @@ impl Coordinator {
             node_cfg.voters.clear();
         }
         let faults = cfg.fault_injection.then(Faults::default);
+        let cert_generation = api::tls_reload::CertGeneration::default();
         let transport = PeerTransport::new(
             cfg.node_id,
             cfg.tls.clone(),
             cfg.limits.max_peer_message,
             faults.clone().unwrap_or_default(),
+            cert_generation.clone(),
         );
         let node_stop = CancellationToken::new();
         let (node, node_task) = start_node(node_cfg, engine, transport, node_stop.clone())?;
@@ -181,6 +183,7 @@ impl Coordinator {
             faults,
             webhook_stats,
             secret_key: cfg.secret_key.clone(),
+            cert_generation,
         };
         let handle = node.clone();
         let task = tokio::spawn(async move {

@@ -47,6 +47,7 @@ enum Call {
     StartRun,
     SetSecret,
     RaftSend,
+    RaftStream,
     Heartbeat { agent: &'static str },
     ReportResult { agent: &'static str },
     Approve { run_id: String },
@@ -213,6 +214,14 @@ async fn perform(
                     from: 7,
                     messages: Vec::new(),
                 })
+                .await?;
+        }
+        Call::RaftStream => {
+            RaftPeerClient::new(ch)
+                .stream(tokio_stream::iter([raftpb::MessageBatch {
+                    from: 7,
+                    messages: Vec::new(),
+                }]))
                 .await?;
         }
         Call::Heartbeat { agent } => {
@@ -446,6 +455,15 @@ async fn every_unauthorized_caller_is_refused_with_a_clear_error_and_nothing_is_
                     "/cd.v1.ControlService/SetSecret",
                     "allowed roles: operator",
                 ],
+            ),
+        },
+        Case {
+            name: "agent opening the peer raft stream",
+            who: Who::Tls(a.clone()),
+            call: Call::RaftStream,
+            expect: Expect::Status(
+                Code::PermissionDenied,
+                &["agent/a", "RaftPeer/Stream", "allowed roles: coordinator"],
             ),
         },
         Case {
@@ -978,6 +996,82 @@ async fn the_coordinators_certificate_rotates_without_a_restart() -> anyhow::Res
         alive(pid) && s.coord.proc.pid() == pid,
         "the coordinator restarted"
     );
+    Ok(())
+}
+
+/// A rotated coordinator certificate reaches the other coordinators too: after node 1's files
+/// change, its peer links open new connections, and a peer logs the new certificate's serial
+/// when node 1's Raft stream arrives (no restart; the cluster keeps committing).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_certificate_is_presented_to_peers_without_a_restart() -> anyhow::Result<()> {
+    let c = cd_tests::cluster::Cluster::start(3, &[], &[], &[]).await?;
+    let pid = c.node(1).proc.as_ref().map(|p| p.pid());
+    let old = cd_common::certs::serial_of_pem_file(&c.node(1).tls.cert)?;
+    let opened = |serial: &str| {
+        let needle = format!("cert_serial={serial}");
+        [2, 3].iter().any(|id| {
+            c.log(*id)
+                .lines()
+                .any(|l| l.contains("peer stream opened") && l.contains(&needle))
+        })
+    };
+    eventually(
+        "node 1's first stream to reach a peer",
+        Duration::from_secs(20),
+        || async { opened(&old).then_some(()) },
+    )
+    .await?;
+
+    let fresh = c.path("fresh");
+    cd_common::certs::issue(&c.certs.dir, &fresh, Role::Coordinator, "node-1", &[], 30)?;
+    let new = cd_common::certs::serial_of_pem_file(&fresh.join("node-1.pem"))?;
+    assert_ne!(old, new, "the new certificate has its own serial");
+    let node = &c.node(1).tls;
+    std::fs::rename(fresh.join("node-1-key.pem"), &node.key)?;
+    std::fs::rename(fresh.join("node-1.pem"), &node.cert)?;
+    eventually(
+        "a peer to see node 1's new certificate",
+        Duration::from_secs(20),
+        || async { opened(&new).then_some(()) },
+    )
+    .await?;
+    assert!(
+        c.log(1)
+            .contains("certificate reloaded; new connection to peer"),
+        "node 1 says why it reconnected"
+    );
+    assert_eq!(
+        c.node(1).proc.as_ref().map(|p| p.pid()),
+        pid,
+        "node 1 restarted"
+    );
+    // The cluster still commits through the new connections.
+    let mut ctl = c.leader_control().await?;
+    ctl.apply_pipeline(pb::ApplyPipelineRequest {
+        spec_yaml: "name: after-rotation\nstages:\n  - { name: a, run: 'true' }\n".into(),
+        file_name: "after-rotation.yaml".into(),
+        base_dir: String::new(),
+    })
+    .await?;
+    c.wait_converged(Duration::from_secs(20)).await?;
+    for id in [2, 3] {
+        let mut req = tonic::Request::new(pb::ListPipelinesRequest {});
+        req.metadata_mut().insert("cd-stale", "true".parse()?);
+        let names: Vec<String> = c
+            .control(id)
+            .await?
+            .list_pipelines(req)
+            .await?
+            .into_inner()
+            .pipelines
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert!(
+            names.iter().any(|n| n == "after-rotation"),
+            "node {id}: {names:?}"
+        );
+    }
     Ok(())
 }
 

@@ -19,7 +19,8 @@ use cd_common::certs::{Identity, Role};
 use futures::future::BoxFuture;
 use rustls::pki_types::CertificateDer;
 use tonic::Status;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+use super::conn_info::ConnInfo;
 
 const PEER: &[Role] = &[Role::Coordinator];
 const AGENT: &[Role] = &[Role::Agent];
@@ -75,6 +76,7 @@ pub const TABLE: &[(&str, &[Role], bool)] = &[
     // Peer (Raft) traffic between coordinators.
     ("/cd.raft.v1.RaftPeer/Send", PEER, false),
     ("/cd.raft.v1.RaftPeer/InstallSnapshot", PEER, false),
+    ("/cd.raft.v1.RaftPeer/Stream", PEER, false),
     // Standard services for third-party tools.
     ("/grpc.health.v1.Health/Check", ANY, false),
     ("/grpc.health.v1.Health/Watch", ANY, false),
@@ -118,7 +120,9 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Decides one call from its method path and the client's verified certificate chain.
+    /// Decides one call from its method path and the client's verified certificate chain
+    /// (parses the leaf; the server itself uses [`Policy::decide_for`] with the identity
+    /// parsed once per connection).
     pub fn decide(
         &self,
         path: &str,
@@ -130,13 +134,24 @@ impl Policy {
         let id = cd_common::certs::identity_from_der(leaf.as_ref()).map_err(|e| {
             Status::unauthenticated(format!("the client certificate is refused: {e}"))
         })?;
+        self.decide_for(path, Ok(&id))
+    }
+
+    /// Decides one call from its method path and the caller's identity (or why the
+    /// certificate carries none). Revocation is checked here, on every call.
+    pub fn decide_for(
+        &self,
+        path: &str,
+        caller: Result<&Identity, &str>,
+    ) -> Result<Identity, Status> {
+        let id = caller.map_err(Status::unauthenticated)?;
         if id.trust_domain != self.trust_domain {
             return Err(Status::unauthenticated(format!(
                 "{id}: trust domain {} is not {}",
                 id.trust_domain, self.trust_domain
             )));
         }
-        if (self.revoked)(&id) {
+        if (self.revoked)(id) {
             return Err(Status::unauthenticated(format!("{id} has been revoked")));
         }
         let Some(roles) = allowed_roles(path) else {
@@ -159,7 +174,7 @@ impl Policy {
                 .take(&id.to_string(), std::time::Instant::now())
                 .map_err(Status::resource_exhausted)?;
         }
-        Ok(id)
+        Ok(id.clone())
     }
 }
 
@@ -214,10 +229,7 @@ where
     }
 
     fn call(&mut self, mut req: tonic::codegen::http::Request<B>) -> Self::Future {
-        let certs = req
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(|i| i.peer_certs());
+        let conn = req.extensions().get::<ConnInfo>().cloned();
         let path = req.uri().path().to_string();
         let metadata: usize = req
             .headers()
@@ -230,8 +242,12 @@ where
                 self.policy.max_metadata
             )))
         } else {
-            self.policy
-                .decide(&path, certs.as_deref().map(Vec::as_slice))
+            match &conn {
+                Some(c) => self.policy.decide_for(&path, c.identity()),
+                None => Err(Status::unauthenticated(
+                    "no client certificate was presented",
+                )),
+            }
         };
         match decision {
             Ok(id) => {

@@ -3,15 +3,25 @@
 use cd_common::certs::{Identity, Role};
 use tonic::{Request, Status};
 
+use super::conn_info::ConnInfo;
+
 /// The caller's identity: the one the authorization layer accepted (`authz`), or else the
-/// one in its certificate.
+/// one parsed from its certificate when the connection was accepted.
 pub fn identity<T>(req: &Request<T>) -> Option<Identity> {
     if let Some(id) = req.extensions().get::<Identity>() {
         return Some(id.clone());
     }
-    req.peer_certs()
-        .and_then(|certs| certs.first().cloned())
-        .and_then(|c| cd_common::certs::identity_from_der(c.as_ref()).ok())
+    req.extensions()
+        .get::<ConnInfo>()
+        .and_then(|c| c.identity().ok().cloned())
+}
+
+/// The caller's certificate serial number (empty when unknown), for logs.
+pub fn serial<T>(req: &Request<T>) -> String {
+    req.extensions()
+        .get::<ConnInfo>()
+        .map(|c| c.serial().to_string())
+        .unwrap_or_default()
 }
 
 /// Refuses an agent that names another agent in its request: an agent acts only as itself

@@ -5,6 +5,7 @@
 mod agent;
 pub mod authz;
 mod cluster;
+pub mod conn_info;
 mod control;
 pub mod convert;
 mod feedback;
@@ -99,6 +100,8 @@ pub struct ApiConfig {
     pub webhook_stats: crate::triggers::webhook::WebhookStats,
     /// Seals and opens secrets; `None`: secrets are disabled on this node.
     pub secret_key: Option<std::sync::Arc<crate::secret_key::SecretKey>>,
+    /// Bumped on each reload of this node's certificate (read by the peer transport).
+    pub cert_generation: tls_reload::CertGeneration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +135,7 @@ pub async fn serve(
             .map(std::sync::Arc::new),
         max_metadata: cfg.limits.max_metadata,
     };
-    let cert = tls_reload::ReloadingCert::load(tls)?;
+    let cert = tls_reload::ReloadingCert::load(tls, cfg.cert_generation.clone())?;
     let tls_config = tls_reload::server_config(tls, cert.clone())?;
     tokio::spawn(cert.watch(shutdown.clone()));
     let max = cfg.limits.max_message;

@@ -70,4 +70,26 @@ impl RaftPeer for PeerApi {
         msg.mut_snapshot().data = data.into();
         self.deliver(vec![msg])
     }
+
+    /// Delivers every batch of one long-lived stream from a peer. A full Raft queue drops the
+    /// batch (Raft retransmits) instead of ending the stream.
+    async fn stream(
+        &self,
+        req: Request<Streaming<MessageBatch>>,
+    ) -> Result<Response<SendAck>, Status> {
+        let caller = identity::require_role(&req, Role::Coordinator)?;
+        tracing::info!(%caller, cert_serial = %identity::serial(&req), "peer stream opened");
+        let mut stream = req.into_inner();
+        while let Some(batch) = stream.message().await? {
+            let msgs = batch
+                .messages
+                .iter()
+                .map(|b| decode(b))
+                .collect::<Result<Vec<_>, _>>()?;
+            if !self.node.step(msgs) {
+                tracing::debug!(from = batch.from, "raft node queue is full; batch dropped");
+            }
+        }
+        Ok(Response::new(SendAck {}))
+    }
 }

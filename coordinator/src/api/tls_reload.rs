@@ -14,13 +14,15 @@ use std::time::{Duration, SystemTime};
 use cd_common::tls::{TlsError, TlsPaths};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+use super::conn_info::IdentifiedStream;
+pub use crate::raft::transport::CertGeneration;
 
 /// Longest a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +35,7 @@ pub struct ReloadingCert {
     paths: TlsPaths,
     current: RwLock<Arc<CertifiedKey>>,
     stamps: Mutex<Stamps>,
+    generation: CertGeneration,
 }
 
 type Stamps = (Option<SystemTime>, Option<SystemTime>);
@@ -43,12 +46,14 @@ fn stamps(paths: &TlsPaths) -> Stamps {
 }
 
 impl ReloadingCert {
-    pub fn load(paths: &TlsPaths) -> Result<Arc<Self>, TlsError> {
+    /// Loads the pair; every later successful reload bumps `generation`.
+    pub fn load(paths: &TlsPaths, generation: CertGeneration) -> Result<Arc<Self>, TlsError> {
         let key = cd_common::tls::certified_key(paths)?;
         Ok(Arc::new(ReloadingCert {
             paths: paths.clone(),
             current: RwLock::new(Arc::new(key)),
             stamps: Mutex::new(stamps(paths)),
+            generation,
         }))
     }
 
@@ -56,6 +61,7 @@ impl ReloadingCert {
     pub fn reload(&self) -> Result<(), TlsError> {
         let key = cd_common::tls::certified_key(&self.paths)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
+        self.generation.bump();
         Ok(())
     }
 
@@ -137,12 +143,13 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Accepted, handshaken connections from `listener`, until `shutdown`.
+/// Accepted, handshaken connections from `listener`, each with its caller parsed once,
+/// until `shutdown`.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     shutdown: CancellationToken,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+) -> ReceiverStream<Result<IdentifiedStream, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
     tokio::spawn(async move {
@@ -167,7 +174,7 @@ pub fn incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
+                        let _ = tx.send(Ok(IdentifiedStream::new(tls))).await;
                     }
                     Ok(Err(e)) => info!(%peer, error = %e, "tls accept error"),
                     Err(_) => info!(%peer, "tls accept error: handshake timed out"),

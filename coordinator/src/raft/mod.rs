@@ -6,6 +6,7 @@
 
 mod handle;
 mod node;
+mod peer_link;
 pub mod transport;
 
 use std::collections::BTreeMap;

@@ -1,26 +1,31 @@
-//! Peer transport over gRPC: one cached channel and one task per peer, fed by a bounded
-//! queue; each task sends whatever has queued up as one batch, and streams snapshots in
-//! chunks. A full queue or a failed call reports the peer unreachable; Raft retransmits.
+//! Peer transport over gRPC: one task per peer, fed by a bounded queue; each task sends
+//! whatever has queued up as one batch down a long-lived stream (`peer_link`), and streams
+//! snapshots in chunks. A full queue or a failed stream reports the peer unreachable; Raft
+//! retransmits.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use cd_common::tls::TlsPaths;
+use cd_proto::raft_v1::SnapshotChunk;
 use cd_proto::raft_v1::raft_peer_client::RaftPeerClient;
-use cd_proto::raft_v1::{MessageBatch, SnapshotChunk};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{Instrument, debug, info_span, warn};
 
+use super::peer_link::{Link, run_peer};
 use super::{Feedback, Transport};
 
 /// Messages queued per peer before new ones are dropped.
 const QUEUE: usize = 4096;
-/// Messages sent in one call at most.
-const BATCH: usize = 512;
+/// Longest a unary peer call may take.
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest sending one snapshot may take.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Snapshot data per streamed chunk.
 pub const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 
@@ -43,6 +48,21 @@ impl Faults {
     }
 }
 
+/// Counts successful reloads of this node's certificate (bumped by the API's certificate
+/// watcher), so each peer link knows to open a new connection presenting the new pair.
+#[derive(Debug, Clone, Default)]
+pub struct CertGeneration(Arc<AtomicU64>);
+
+impl CertGeneration {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    pub fn bump(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
 struct Peer {
     addr: String,
     tx: mpsc::Sender<Message>,
@@ -53,17 +73,25 @@ pub struct PeerTransport {
     tls: TlsPaths,
     max_message: usize,
     faults: Faults,
+    certs: CertGeneration,
     feedback: Option<Feedback>,
     peers: HashMap<u64, Peer>,
 }
 
 impl PeerTransport {
-    pub fn new(me: u64, tls: TlsPaths, max_message: usize, faults: Faults) -> Self {
+    pub fn new(
+        me: u64,
+        tls: TlsPaths,
+        max_message: usize,
+        faults: Faults,
+        certs: CertGeneration,
+    ) -> Self {
         PeerTransport {
             me,
             tls,
             max_message,
             faults,
+            certs,
             feedback: None,
             peers: HashMap::new(),
         }
@@ -71,21 +99,19 @@ impl PeerTransport {
 
     fn spawn_peer(&self, to: u64, addr: &str) -> Option<Peer> {
         let feedback = self.feedback.clone()?;
-        let channel = match peer_channel(&self.tls, addr) {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(peer = to, %addr, error = %e, "cannot set up a channel to peer");
-                return None;
-            }
+        let link = Link {
+            me: self.me,
+            to,
+            addr: addr.to_string(),
+            tls: self.tls.clone(),
+            max_message: self.max_message,
+            feedback,
+            faults: self.faults.clone(),
+            certs: self.certs.clone(),
         };
-        let client = RaftPeerClient::new(channel)
-            .max_encoding_message_size(self.max_message)
-            .max_decoding_message_size(self.max_message);
         let (tx, rx) = mpsc::channel(QUEUE);
         let span = info_span!("peer", to);
-        tokio::spawn(
-            run_peer(self.me, to, client, rx, feedback, self.faults.clone()).instrument(span),
-        );
+        tokio::spawn(run_peer(link, rx).instrument(span));
         Some(Peer {
             addr: addr.to_string(),
             tx,
@@ -93,8 +119,21 @@ impl PeerTransport {
     }
 }
 
-/// A lazily connected mTLS channel to another coordinator at `addr` (`https://host:port`).
+/// A lazily connected mTLS channel to another coordinator at `addr` (`https://host:port`),
+/// with a 5 s limit on every call.
 pub(crate) fn peer_channel(tls: &TlsPaths, addr: &str) -> Result<Channel, String> {
+    Ok(peer_endpoint(tls, addr)?
+        .timeout(CALL_TIMEOUT)
+        .connect_lazy())
+}
+
+/// As [`peer_channel`] without the per-call limit, for a stream that stays open for as long
+/// as the peer is up; unary calls on it set their own timeout.
+pub(crate) fn peer_stream_channel(tls: &TlsPaths, addr: &str) -> Result<Channel, String> {
+    Ok(peer_endpoint(tls, addr)?.connect_lazy())
+}
+
+fn peer_endpoint(tls: &TlsPaths, addr: &str) -> Result<Endpoint, String> {
     let host = addr
         .trim_start_matches("https://")
         .rsplit_once(':')
@@ -107,9 +146,7 @@ pub(crate) fn peer_channel(tls: &TlsPaths, addr: &str) -> Result<Channel, String
         .tls_config(cfg)
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .connect_lazy())
+        .http2_keep_alive_interval(Duration::from_secs(5)))
 }
 
 impl Transport for PeerTransport {
@@ -146,44 +183,11 @@ impl Transport for PeerTransport {
     }
 }
 
-async fn run_peer(
+pub(super) async fn send_snapshot(
     me: u64,
-    to: u64,
-    mut client: RaftPeerClient<Channel>,
-    mut rx: mpsc::Receiver<Message>,
-    feedback: Feedback,
-    faults: Faults,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
-            }
-        }
-        if faults.drops(to) {
-            continue;
-        }
-        let (snaps, msgs): (Vec<_>, Vec<_>) = batch.into_iter().partition(super::node::is_snapshot);
-        if !msgs.is_empty() {
-            let messages: Vec<Vec<u8>> = msgs
-                .iter()
-                .filter_map(|m| m.write_to_bytes().ok())
-                .collect();
-            if let Err(e) = client.send(MessageBatch { from: me, messages }).await {
-                debug!(error = %e, "peer unreachable");
-                feedback.unreachable(to);
-            }
-        }
-        for s in snaps {
-            let ok = send_snapshot(me, &mut client, s).await;
-            feedback.snapshot_done(to, ok);
-        }
-    }
-}
-
-async fn send_snapshot(me: u64, client: &mut RaftPeerClient<Channel>, mut m: Message) -> bool {
+    client: &mut RaftPeerClient<Channel>,
+    mut m: Message,
+) -> bool {
     let data = std::mem::take(&mut m.mut_snapshot().data).to_vec();
     let Ok(head) = m.write_to_bytes() else {
         return false;
@@ -199,7 +203,9 @@ async fn send_snapshot(me: u64, client: &mut RaftPeerClient<Channel>, mut m: Mes
         data: c.to_vec(),
     }));
     let size = data.len();
-    match client.install_snapshot(tokio_stream::iter(chunks)).await {
+    let mut req = tonic::Request::new(tokio_stream::iter(chunks));
+    req.set_timeout(SNAPSHOT_TIMEOUT);
+    match client.install_snapshot(req).await {
         Ok(_) => {
             tracing::info!(bytes = size, "snapshot sent");
             true

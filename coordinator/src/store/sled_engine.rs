@@ -57,7 +57,19 @@ impl Engine for SledEngine {
         Ok(out)
     }
 
-    fn write(&self, batch: Batch) -> Result<()> {
+    fn write(&self, mut batch: Batch) -> Result<()> {
+        // sled's `apply_batch` seals and writes its I/O buffer twice (two `pwrite` +
+        // `sync_file_range` on its thread pool) to make the batch atomic; one key is atomic
+        // without that, and most applied commands write only the applied index.
+        if batch.ops.len() == 1
+            && let Some((k, v)) = batch.ops.pop()
+        {
+            match v {
+                Some(v) => self.db.insert(k, v).map_err(io)?,
+                None => self.db.remove(k).map_err(io)?,
+            };
+            return Ok(());
+        }
         let mut b = sled::Batch::default();
         for (k, v) in batch.ops {
             match v {
