@@ -24,7 +24,7 @@ use super::handle::{
 };
 use super::{Feedback, Transport};
 use crate::state::{self, Command, Event, Outcome, State};
-use crate::store::{Batch, Engine, RaftStore, StoreError, Tree, Wal, chunk_key};
+use crate::store::{Batch, Engine, RaftStore, StoreError, Tree, Wal, chunk_key, stored_value};
 
 /// Most requests taken from the channel before one Ready (and one fsync) handles them all.
 const MAX_GROUP: usize = 4096;
@@ -516,13 +516,14 @@ impl<T: Transport> Node<T> {
                                     stage,
                                     attempt,
                                     seq,
+                                    encoding,
                                     data,
                                 } = ev
                                 {
                                     batch.put(
                                         Tree::Logs,
                                         &chunk_key(run_id, stage, *attempt, *seq),
-                                        data.clone(),
+                                        stored_value(*encoding, data),
                                     );
                                 }
                             }

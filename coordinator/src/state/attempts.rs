@@ -151,19 +151,14 @@ pub(super) fn append_logs(
             Some(attempt) => {
                 if chunk.seq == attempt.log_next_seq {
                     attempt.log_next_seq += 1;
-                    // The leader checked the encoding before proposing; a chunk that still does
-                    // not decode (an older build's bug) leaves a visible mark, not a hole.
-                    let data = cd_common::logcodec::decode(&chunk.data, chunk.encoding, usize::MAX)
-                        .unwrap_or_else(|e| {
-                            format!("[conveyor: log chunk {} unreadable: {e}]\n", chunk.seq)
-                                .into_bytes()
-                        });
+                    // Stored still encoded (the leader checked it decodes); reads decode it.
                     events.push(Event::LogAppended {
                         run_id: key.run_id.clone(),
                         stage: key.stage.clone(),
                         attempt: key.attempt,
                         seq: chunk.seq,
-                        data,
+                        encoding: chunk.encoding,
+                        data: chunk.data.clone(),
                     });
                 }
                 LogAck {

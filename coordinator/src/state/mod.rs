@@ -92,6 +92,8 @@ pub enum Event {
         stage: String,
         attempt: u32,
         seq: u64,
+        /// The chunk as the agent sent it, still encoded (`cd_common::logcodec`): stored so.
+        encoding: u32,
         data: Vec<u8>,
     },
     Assigned {

@@ -9,7 +9,7 @@ mod raft_log;
 mod sled_engine;
 mod wal;
 
-pub use bulk::{LogRecord, chunk_key, read_chunks};
+pub use bulk::{LogRecord, chunk_key, read_chunks, stored_value, upgrade_log_values};
 pub use bundle::{bundle, unbundle};
 pub use mem_engine::MemEngine;
 pub use raft_log::{RaftStore, SavedSnapshot, stored_snapshot};

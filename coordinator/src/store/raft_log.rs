@@ -59,6 +59,7 @@ impl RaftStore {
         if wal.is_empty() {
             migrate_from_engine(engine.as_ref(), &wal)?;
         }
+        super::upgrade_log_values(engine.as_ref())?;
         let mut c = Cache::default();
         if let Some(hs) = wal.hard_state() {
             c.hs = hs;
