@@ -1,7 +1,8 @@
 //! Encoding of log chunks on the wire and in the Raft log. Stage output is mostly text that
 //! repeats itself (timestamps, paths, test names), and every byte of it is sent to the leader,
 //! replicated to each follower and fsynced on every node, so agents compress it with LZ4 (fast
-//! enough not to slow a stage down) and nodes decompress it once, when they apply it.
+//! enough not to slow a stage down). Nodes store chunks still encoded and decompress them only
+//! when they are read (`FollowLogs`).
 
 /// `LogChunk.encoding`: the bytes as printed.
 pub const RAW: u32 = 0;
