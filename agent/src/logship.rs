@@ -4,7 +4,8 @@
 //! task owns all per-attempt state:
 //!
 //! - it cuts each attempt's bytes into chunks of at most `chunk_bytes`, numbered 0, 1, 2, ...
-//!   with no gaps;
+//!   with no gaps, and LZ4-compresses each as it is cut (`cd_common::logcodec`), so that work
+//!   overlaps the request in flight;
 //! - it flushes when `batch_bytes` of new data have arrived or `flush_interval` (jittered ±20%)
 //!   after data first waits, sending the unacknowledged chunks in requests of at most
 //!   `batch_bytes` and `batch_chunks`, one request in flight so the coordinator sees them in
@@ -228,9 +229,17 @@ struct AttemptState {
     pending: Vec<u8>,
     next_seq: u64,
     /// Cut chunks waiting for an ack, in seq order.
-    unacked: VecDeque<LogChunk>,
+    unacked: VecDeque<Cut>,
     finishing: Option<oneshot::Sender<Result<(), LogError>>>,
     stale: bool,
+}
+
+/// A chunk as it will be sent, compressed when it is cut (while the previous request is out)
+/// rather than when a request is built, which would add the compression to every round trip.
+struct Cut {
+    chunk: LogChunk,
+    /// Its bytes before compression: what the batch and buffer limits count.
+    raw_len: usize,
 }
 
 impl AttemptState {
@@ -238,19 +247,23 @@ impl AttemptState {
         while self.pending.len() >= chunk_bytes || (all && !self.pending.is_empty()) {
             let take = self.pending.len().min(chunk_bytes);
             let rest = self.pending.split_off(take);
-            let data = std::mem::replace(&mut self.pending, rest);
-            self.unacked.push_back(LogChunk {
-                attempt: Some(key.to_ref()),
-                seq: self.next_seq,
-                data,
-                encoding: 0,
+            let raw = std::mem::replace(&mut self.pending, rest);
+            let (data, encoding) = cd_common::logcodec::encode(&raw);
+            self.unacked.push_back(Cut {
+                chunk: LogChunk {
+                    attempt: Some(key.to_ref()),
+                    seq: self.next_seq,
+                    data,
+                    encoding,
+                },
+                raw_len: raw.len(),
             });
             self.next_seq += 1;
         }
     }
 
     fn held_bytes(&self) -> usize {
-        self.pending.len() + self.unacked.iter().map(|c| c.data.len()).sum::<usize>()
+        self.pending.len() + self.unacked.iter().map(|c| c.raw_len).sum::<usize>()
     }
 
     fn is_drained(&self) -> bool {
@@ -374,21 +387,14 @@ impl<S: LogSink> Shipper<S> {
         let mut bytes = 0;
         'attempts: for (key, state) in &mut self.attempts {
             state.cut(key, chunk_bytes, true);
-            for chunk in &state.unacked {
-                let full = bytes + chunk.data.len() > self.config.batch_bytes
+            for cut in &state.unacked {
+                let full = bytes + cut.raw_len > self.config.batch_bytes
                     || batch.len() >= self.config.batch_chunks;
                 if !batch.is_empty() && full {
                     break 'attempts;
                 }
-                bytes += chunk.data.len();
-                // Compressed per request, so the byte accounting stays in raw bytes.
-                let (data, encoding) = cd_common::logcodec::encode(&chunk.data);
-                batch.push(LogChunk {
-                    attempt: chunk.attempt.clone(),
-                    seq: chunk.seq,
-                    data,
-                    encoding,
-                });
+                bytes += cut.raw_len;
+                batch.push(cut.chunk.clone());
             }
         }
         if batch.is_empty() {
@@ -410,7 +416,7 @@ impl<S: LogSink> Shipper<S> {
                     .attempts
                     .values()
                     .flat_map(|s| s.unacked.iter())
-                    .map(|c| c.data.len())
+                    .map(|c| c.raw_len)
                     .sum();
                 let finishing = self
                     .attempts
@@ -452,9 +458,13 @@ impl<S: LogSink> Shipper<S> {
                 state.control.cancel(CancelReason::Stale);
                 continue;
             }
-            while state.unacked.front().is_some_and(|c| c.seq < ack.next_seq) {
-                if let Some(chunk) = state.unacked.pop_front() {
-                    self.buffered -= chunk.data.len();
+            while state
+                .unacked
+                .front()
+                .is_some_and(|c| c.chunk.seq < ack.next_seq)
+            {
+                if let Some(cut) = state.unacked.pop_front() {
+                    self.buffered -= cut.raw_len;
                 }
             }
         }
