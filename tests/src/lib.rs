@@ -114,13 +114,27 @@ impl Proc {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, then wait for exit.
+    /// SIGTERM, then wait for exit: an error (not a hung test) if the process has not exited
+    /// within 30 s, since a clean shutdown that never ends is a bug.
     pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.pid()),
             nix::sys::signal::Signal::SIGTERM,
         )?;
-        Ok(self.child.wait()?)
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "process {} did not exit within 30 s of SIGTERM (log: {})",
+                    self.pid(),
+                    self.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn log_text(&self) -> String {

@@ -149,6 +149,7 @@ pub async fn serve(
     let peers = peer::PeerApi {
         node: node.clone(),
         max_snapshot: cfg.limits.max_snapshot,
+        shutdown: shutdown.clone(),
     };
     let cluster = cluster::ClusterApi {
         node: node.clone(),

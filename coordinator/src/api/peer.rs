@@ -16,6 +16,9 @@ pub struct PeerApi {
     pub node: RaftHandle,
     /// Largest snapshot accepted, in bytes.
     pub max_snapshot: usize,
+    /// Ends open peer streams: a graceful shutdown waits for every open stream, and a peer
+    /// never ends its own.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 fn decode(bytes: &[u8]) -> Result<Message, Status> {
@@ -80,7 +83,14 @@ impl RaftPeer for PeerApi {
         let caller = identity::require_role(&req, Role::Coordinator)?;
         tracing::info!(%caller, cert_serial = %identity::serial(&req), "peer stream opened");
         let mut stream = req.into_inner();
-        while let Some(batch) = stream.message().await? {
+        loop {
+            let next = tokio::select! {
+                m = stream.message() => m?,
+                _ = self.shutdown.cancelled() => {
+                    return Err(Status::unavailable("coordinator is shutting down"));
+                }
+            };
+            let Some(batch) = next else { break };
             let msgs = batch
                 .messages
                 .iter()
