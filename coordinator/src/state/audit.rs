@@ -84,8 +84,8 @@ pub(super) fn apply_as_caller(
     }
     let out = super::apply_kind(state, kind, at, events)?;
     if let Some((action, target)) = describe(kind, &out) {
-        let seq = state.audit.last().map_or(1, |e| e.seq + 1);
-        state.audit.push(AuditEntry {
+        let seq = state.audit.back().map_or(1, |e| e.seq + 1);
+        state.audit.push_back(AuditEntry {
             seq,
             at_ms: at,
             identity: c.identity.clone(),
@@ -159,7 +159,7 @@ mod tests {
         }
         assert_eq!(k.state.audit.len(), MAX_ENTRIES);
         assert_eq!(
-            k.state.audit.last().map(|e| e.seq),
+            k.state.audit.back().map(|e| e.seq),
             Some(MAX_ENTRIES as u64 + 6)
         );
     }

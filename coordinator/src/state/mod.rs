@@ -32,7 +32,7 @@ mod tests;
 #[cfg(test)]
 mod trigger_tests;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -72,9 +72,11 @@ pub struct State {
     /// states without revocations keep their digest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub revoked: BTreeMap<String, Revocation>,
-    /// The most recent writes with the caller's identity (`audit.rs`), oldest first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub audit: Vec<audit::AuditEntry>,
+    /// The most recent writes with the caller's identity (`audit.rs`), oldest first. A ring:
+    /// once full, every audited write drops the oldest entry, which a `Vec` made a memmove of
+    /// the whole log on every node for every write. Serialized like a `Vec`.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    pub audit: VecDeque<audit::AuditEntry>,
     /// Secret name -> its sealed value (`secrets.rs`); skipped when empty (digest unchanged).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, secrets::SecretRecord>,
