@@ -556,10 +556,14 @@ impl<T: Transport> Node<T> {
                 }
             }
         }
-        batch.put(Tree::Meta, b"applied", self.applied.to_be_bytes().to_vec());
-        // Bulk data goes with the applied index; the Raft log, already durable, is the record,
-        // so this write needs no fsync of its own (a snapshot syncs before compacting).
-        self.engine.write(batch)?;
+        // Only bulk data (log chunks) goes to the engine. The Raft log, already durable, is the
+        // record, so this write needs no fsync of its own (a snapshot syncs before compacting),
+        // and no applied index goes with it: a restart restores the snapshot and replays the
+        // log after it, and putting a chunk again is idempotent. (An applied-index key written
+        // here on every Ready was never read and cost a sled insert per group of commands.)
+        if !batch.is_empty() {
+            self.engine.write(batch)?;
+        }
         // Applied, nothing answered yet.
         fail::fail_point!("raft-after-apply", |_| crash("raft-after-apply"));
         if members_changed {
