@@ -60,7 +60,7 @@ impl Engine for SledEngine {
     fn write(&self, mut batch: Batch) -> Result<()> {
         // sled's `apply_batch` seals and writes its I/O buffer twice (two `pwrite` +
         // `sync_file_range` on its thread pool) to make the batch atomic; one key is atomic
-        // without that, and most applied commands write only the applied index.
+        // without that, and a single log chunk or metadata key is the common write.
         if batch.ops.len() == 1
             && let Some((k, v)) = batch.ops.pop()
         {
