@@ -83,14 +83,27 @@ impl RaftPeer for PeerApi {
         let caller = identity::require_role(&req, Role::Coordinator)?;
         tracing::info!(%caller, cert_serial = %identity::serial(&req), "peer stream opened");
         let mut stream = req.into_inner();
+        // Who sends on this stream, from its batches: if the stream breaks, the node learns
+        // that this peer's connection died (a clean end, as after a certificate reload, says
+        // nothing about the peer).
+        let mut from = raft::INVALID_ID;
         loop {
             let next = tokio::select! {
-                m = stream.message() => m?,
+                m = stream.message() => match m {
+                    Ok(m) => m,
+                    Err(status) => {
+                        if from != raft::INVALID_ID {
+                            self.node.peer_stream_broke(from);
+                        }
+                        return Err(status);
+                    }
+                },
                 _ = self.shutdown.cancelled() => {
                     return Err(Status::unavailable("coordinator is shutting down"));
                 }
             };
             let Some(batch) = next else { break };
+            from = batch.from;
             let msgs = batch
                 .messages
                 .iter()

@@ -102,6 +102,8 @@ pub(super) enum Request {
     },
     TransferLeader(u64),
     Unreachable(u64),
+    /// The stream on which this peer sent us Raft messages broke (its connection died).
+    PeerStreamBroke(u64),
     SnapshotDone {
         to: u64,
         ok: bool,
@@ -160,6 +162,13 @@ impl RaftHandle {
     /// Hands raft messages from a peer to the node; false if the node is overloaded.
     pub fn step(&self, msgs: Vec<Message>) -> bool {
         self.tx.try_send(Request::Step(msgs)).is_ok()
+    }
+
+    /// Tells the node that `from`'s peer stream ended with an error (its connection died, as
+    /// when its process is killed). If `from` leads, this node stops waiting out the leader's
+    /// lease; see `Node::leader_stream_broke`. Dropped when the queue is full.
+    pub fn peer_stream_broke(&self, from: u64) {
+        let _ = self.tx.try_send(Request::PeerStreamBroke(from));
     }
 
     pub async fn transfer_leader(&self, to: u64) -> Result<(), ProposeError> {

@@ -311,6 +311,14 @@ impl<T: Transport> Node<T> {
             }
             Request::TransferLeader(to) => self.raw.transfer_leader(to),
             Request::Unreachable(id) => self.raw.report_unreachable(id),
+            Request::PeerStreamBroke(from) => {
+                if give_up_lease(&mut self.raw.raft, from) {
+                    info!(
+                        leader = from,
+                        "the leader's peer stream broke; campaigning without waiting out its lease"
+                    );
+                }
+            }
             Request::SnapshotDone { to, ok } => {
                 let status = if ok {
                     SnapshotStatus::Finish
@@ -734,6 +742,27 @@ fn crash(point: &str) -> ! {
     std::process::abort()
 }
 
+/// A follower whose leader's connection died need not wait a whole election timeout to notice
+/// (500-1000 ms at the default tick): it moves its election clock to one tick short of the
+/// timeout. After the next tick it no longer counts the leader's lease, so it grants pre-votes,
+/// and it campaigns itself once its randomized timeout comes, 0-10 ticks later; the followers'
+/// random timeouts still keep them from splitting the vote. A false alarm costs nothing: a
+/// live leader's next heartbeat (every 2 ticks) resets the clock, and pre-vote plus
+/// check-quorum keep a follower that campaigns early from disturbing the term. True if the
+/// clock moved.
+fn give_up_lease<S: raft::Storage>(raft: &mut raft::Raft<S>, from: u64) -> bool {
+    let ready = raft.election_timeout().saturating_sub(1);
+    if raft.state != StateRole::Follower
+        || from == raft::INVALID_ID
+        || raft.leader_id != from
+        || raft.election_elapsed >= ready
+    {
+        return false;
+    }
+    raft.election_elapsed = ready;
+    true
+}
+
 /// Whether a raft message carries a snapshot (sent by the streaming path).
 pub(super) fn is_snapshot(m: &Message) -> bool {
     m.get_msg_type() == MessageType::MsgSnapshot
@@ -855,6 +884,89 @@ mod tests {
         let (h3, _task3, _stop3) = leader(&cfg, &engine).await;
         h3.wait_applied(applied).await.expect("loaded");
         assert_eq!(h3.read(|s| s.clone()), after);
+    }
+
+    /// A pre-vote from node 3 (log as long as ours, next term); the reply node 1 sends, if any.
+    fn pre_vote_reply(raw: &mut RawNode<raft::storage::MemStorage>) -> Option<bool> {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgRequestPreVote);
+        m.from = 3;
+        m.to = 1;
+        m.term = raw.raft.term + 1;
+        raw.step(m).expect("pre-vote stepped");
+        std::mem::take(&mut raw.raft.msgs)
+            .into_iter()
+            .find(|r| r.get_msg_type() == MessageType::MsgRequestPreVoteResponse)
+            .map(|r| !r.reject)
+    }
+
+    #[test]
+    fn a_broken_leader_stream_ends_the_lease_early_and_only_for_the_leader() {
+        let storage = raft::storage::MemStorage::new_with_conf_state((vec![1, 2, 3], vec![]));
+        let cfg = raft::Config {
+            id: 1,
+            election_tick: 10,
+            heartbeat_tick: 2,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        let mut raw = RawNode::new(&cfg, storage, &raft_logger()).expect("raft node");
+        let mut hb = Message::default();
+        hb.set_msg_type(MessageType::MsgHeartbeat);
+        hb.from = 2;
+        hb.to = 1;
+        hb.term = 1;
+        raw.step(hb).expect("heartbeat stepped");
+        assert_eq!(
+            (raw.raft.state, raw.raft.leader_id),
+            (StateRole::Follower, 2)
+        );
+        raw.raft.msgs.clear();
+
+        // Another follower's stream breaking says nothing about the leader.
+        assert!(!give_up_lease(&mut raw.raft, 3));
+        assert!(!give_up_lease(&mut raw.raft, raft::INVALID_ID));
+        assert_eq!(raw.raft.election_elapsed, 0);
+        assert_eq!(
+            pre_vote_reply(&mut raw),
+            None,
+            "in the lease, pre-votes are ignored"
+        );
+
+        let randomized = raw.raft.randomized_election_timeout();
+        assert!(give_up_lease(&mut raw.raft, 2));
+        assert_eq!(raw.raft.election_elapsed, 9);
+        assert!(!give_up_lease(&mut raw.raft, 2), "the clock moves once");
+        raw.tick();
+        assert_eq!(
+            pre_vote_reply(&mut raw),
+            Some(true),
+            "one tick later the lease is over: a peer's pre-vote is granted"
+        );
+        // It campaigns when its own randomized timeout comes: `randomized - 9` ticks after the
+        // stream broke instead of `randomized` (10..20) ticks after the last heartbeat.
+        let mut ticks = 1;
+        while raw.raft.state == StateRole::Follower && ticks < 40 {
+            raw.tick();
+            ticks += 1;
+        }
+        assert_eq!(raw.raft.state, StateRole::PreCandidate);
+        assert_eq!(ticks, randomized - 9);
+
+        // A leader ignores the signal.
+        let mut leader = RawNode::new(
+            &raft::Config {
+                id: 1,
+                ..cfg.clone()
+            },
+            raft::storage::MemStorage::new_with_conf_state((vec![1], vec![])),
+            &raft_logger(),
+        )
+        .expect("raft node");
+        leader.campaign().expect("campaign");
+        assert_eq!(leader.raft.state, StateRole::Leader);
+        assert!(!give_up_lease(&mut leader.raft, 1));
     }
 
     #[tokio::test]
