@@ -130,6 +130,12 @@ pub fn start_node(
         max_inflight_msgs: 256,
         check_quorum: true,
         pre_vote: true,
+        // Followers learn a new commit index from the next append or heartbeat (every 2
+        // ticks) instead of from one extra message per peer per commit: ~15% less CPU per
+        // sequential commit and ~10% lower latency (BENCHMARKS.md), at the price of a
+        // follower's applied state (what `--stale` reads see) lagging up to one heartbeat
+        // when no write follows.
+        skip_bcast_commit: true,
         ..Default::default()
     };
     raft_cfg.validate()?;
