@@ -166,7 +166,7 @@ impl RaftHandle {
 
     /// Tells the node that `from`'s peer stream ended with an error (its connection died, as
     /// when its process is killed). If `from` leads, this node stops waiting out the leader's
-    /// lease; see `Node::leader_stream_broke`. Dropped when the queue is full.
+    /// lease (`give_up_lease` in `node.rs`). Dropped when the queue is full.
     pub fn peer_stream_broke(&self, from: u64) {
         let _ = self.tx.try_send(Request::PeerStreamBroke(from));
     }
