@@ -376,3 +376,20 @@ impl Cluster {
         self.tmp.path().join(p)
     }
 }
+
+/// The pipeline names `client`'s node holds in its own applied state (a `cd-stale` read, so a
+/// follower or a cut-off node answers for itself instead of pointing at the leader).
+pub async fn stale_pipeline_names(
+    client: &mut ControlServiceClient<Channel>,
+) -> Result<Vec<String>> {
+    let mut req = tonic::Request::new(pb::ListPipelinesRequest {});
+    req.metadata_mut().insert("cd-stale", "true".parse()?);
+    Ok(client
+        .list_pipelines(req)
+        .await?
+        .into_inner()
+        .pipelines
+        .into_iter()
+        .map(|p| p.name)
+        .collect())
+}

@@ -1055,18 +1055,7 @@ async fn a_rotated_certificate_is_presented_to_peers_without_a_restart() -> anyh
     .await?;
     c.wait_converged(Duration::from_secs(20)).await?;
     for id in [2, 3] {
-        let mut req = tonic::Request::new(pb::ListPipelinesRequest {});
-        req.metadata_mut().insert("cd-stale", "true".parse()?);
-        let names: Vec<String> = c
-            .control(id)
-            .await?
-            .list_pipelines(req)
-            .await?
-            .into_inner()
-            .pipelines
-            .into_iter()
-            .map(|p| p.name)
-            .collect();
+        let names = cd_tests::cluster::stale_pipeline_names(&mut c.control(id).await?).await?;
         assert!(
             names.iter().any(|n| n == "after-rotation"),
             "node {id}: {names:?}"

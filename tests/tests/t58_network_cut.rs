@@ -41,15 +41,6 @@ fn spec(name: &str) -> pb::ApplyPipelineRequest {
     }
 }
 
-fn stale<T>(msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(
-        "cd-stale",
-        tonic::metadata::MetadataValue::from_static("true"),
-    );
-    r
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_real_network_cut_isolates_the_leader_and_heals() -> anyhow::Result<()> {
     let net = NetNs::create(3)?;
@@ -128,11 +119,7 @@ async fn a_real_network_cut_isolates_the_leader_and_heals() -> anyhow::Result<()
         "{}",
         refused.message()
     );
-    let seen = minority
-        .list_pipelines(stale(pb::ListPipelinesRequest {}))
-        .await?
-        .into_inner()
-        .pipelines;
+    let seen = cd_tests::cluster::stale_pipeline_names(&mut minority).await?;
     assert!(
         seen.is_empty(),
         "the isolated node committed or learned something: {seen:?}"
@@ -156,14 +143,7 @@ async fn a_real_network_cut_isolates_the_leader_and_heals() -> anyhow::Result<()
     })
     .await?;
     assert!(!digests[0].1.is_empty());
-    let names: Vec<String> = minority
-        .list_pipelines(stale(pb::ListPipelinesRequest {}))
-        .await?
-        .into_inner()
-        .pipelines
-        .into_iter()
-        .map(|p| p.name)
-        .collect();
+    let names = cd_tests::cluster::stale_pipeline_names(&mut minority).await?;
     assert_eq!(names, vec!["during-cut".to_string()]);
     drop(procs);
     Ok(())
